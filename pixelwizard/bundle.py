@@ -1,0 +1,82 @@
+"""Model bundles: diffusers-layout folders holding every component of a PixelWizard pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "detail_transformer", "scheduler")
+_REVISION_FILE = "pixelwizard_revision.json"
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or unreadable."""
+
+
+def check_bundle(path: str | os.PathLike) -> Path:
+    """Raise ModelFolderError naming what is missing, else return the folder as a Path."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelFolderError(f"model folder {root} does not exist")
+    index = root / "model_index.json"
+    if not index.is_file():
+        raise ModelFolderError(f"model folder {root} has no model_index.json")
+    try:
+        listed = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{index}: unreadable ({exc})") from None
+    for name in COMPONENTS:
+        if name not in listed:
+            raise ModelFolderError(f"{index}: no component {name!r}")
+        folder = root / name
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise ModelFolderError(f"model folder {root} is incomplete: {name}/ is missing or empty")
+        if name not in ("tokenizer", "scheduler") and not any(folder.glob("*.safetensors")):
+            raise ModelFolderError(f"model folder {root} is incomplete: {name}/ holds no .safetensors weights")
+    return root
+
+
+def bundle_revision(path: str | os.PathLike) -> str:
+    """A content hash of the bundle (configs and weights), cached beside it keyed by sizes and times.
+
+    The anchor cache keys on it, so two bundles that differ in any byte never share anchors.
+    """
+    root = check_bundle(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != _REVISION_FILE)
+    stamp = [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = root / _REVISION_FILE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stamp:
+            return cached["revision"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(str(p.relative_to(root)).encode() + b"\0")
+        with p.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    revision = digest.hexdigest()[:16]
+    try:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"revision": revision, "files": stamp}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only bundle just hashes again next time
+    return revision
+
+
+def load_bundle(path: str | os.PathLike, device: str = "cpu", dtype=None):
+    """Load a PixelWizardPipeline from a bundle folder, offline, onto ``device``."""
+    import torch
+
+    from pixelwizard.pipeline import PixelWizardPipeline
+
+    root = check_bundle(path)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    pipe = PixelWizardPipeline.from_pretrained(root, dtype=dtype, local_files_only=True)
+    return pipe.to(device)

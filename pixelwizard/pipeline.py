@@ -1,0 +1,216 @@
+"""PixelWizardPipeline: text -> anchor latent -> detail latent -> frames, as reusable stage calls.
+
+The pipeline composes the components and the library's samplers; the math lives in
+``sampling``, ``guidance`` and ``decoding``. It is a diffusers ``DiffusionPipeline``, so a model
+bundle is a folder in the diffusers layout (``save_pretrained`` / ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler, WanTransformer3DModel
+from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+from pixelwizard.decoding import decode_frames
+from pixelwizard.guidance import guided_velocity
+from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
+from pixelwizard.presets import Preset, get_preset
+from pixelwizard.sampling import Solver, sample
+from pixelwizard.seeds import stage_seeds
+
+# on_progress(stage, done, total): stage is "text", "anchor", "detail" or "decode".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PixelWizardOutput:
+    frames: torch.Tensor  # (T, H, W, 3) uint8, CPU
+    anchor_latent: torch.Tensor
+    detail_latent: torch.Tensor
+
+
+def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Gaussian noise from a CPU generator, so a seed gives the same latent on every device."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+class PixelWizardPipeline(DiffusionPipeline):
+    """Two-stage text-to-video: a Wan2.2 anchor model and a PixelWizard detail model (SPEC.md 1)."""
+
+    model_cpu_offload_seq = "text_encoder->transformer->detail_transformer->vae"
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: UMT5EncoderModel,
+        vae: AutoencoderKLWan,
+        transformer: WanTransformer3DModel,
+        detail_transformer: PixelWizardTransformer3DModel,
+        scheduler: UniPCMultistepScheduler,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            detail_transformer=detail_transformer,
+            scheduler=scheduler,
+        )
+
+    # -- shapes -----------------------------------------------------------------------------
+    def latent_shape(self, width: int, height: int, num_frames: int) -> tuple[int, int, int, int, int]:
+        """(1, C, F, h, w) of the latent of a video of this size."""
+        temporal = self.vae.config.scale_factor_temporal
+        spatial = self.vae.config.scale_factor_spatial
+        return (1, self.vae.config.z_dim, (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
+
+    # -- stage 0: text ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, negative_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """UMT5 embeddings of the prompt and the negative prompt, zero past each text's end (as Wan)."""
+        texts = [prompt, negative_prompt or ""]
+        length = self.tokenizer.model_max_length
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )
+        device = self.text_encoder.device
+        mask = tokens.attention_mask.to(device)
+        hidden = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        cond, uncond = hidden.chunk(2)
+        return cond, uncond
+
+    # -- stage 1: anchor --------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_anchor(
+        self,
+        prompt: str,
+        seed: int,
+        preset: str | Preset = "tiny",
+        *,
+        negative_prompt: str | None = None,
+        solver: Solver = "unipc",
+        batch_cfg: bool = True,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        on_progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """The anchor latent (1, C, F, h, w), float32 on the CPU: base model, full sampler (SPEC.md 3)."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        cond, uncond = embeddings or self._embeddings(prompt, negative_prompt, on_progress)
+        shape = self.latent_shape(preset.anchor_width, preset.anchor_height, preset.num_frames)
+        velocity = guided_velocity(
+            self.transformer, cond, uncond, preset.anchor_guidance, batch_branches=batch_cfg
+        )
+        latent = sample(
+            velocity,
+            _noise(shape, seed).to(self.transformer.device),
+            num_steps=preset.anchor_steps,
+            shift=preset.anchor_shift,
+            solver=solver,
+            on_step=self._stage_progress("anchor", on_progress),
+        )
+        return latent.cpu()
+
+    # -- stage 2: detail --------------------------------------------------------------------
+    @torch.no_grad()
+    def render_detail(
+        self,
+        anchor: torch.Tensor,
+        prompt: str,
+        seed: int,
+        preset: str | Preset = "tiny",
+        *,
+        negative_prompt: str | None = None,
+        solver: Solver = "unipc",
+        snap: bool = False,
+        zero_anchor_uncond: bool = False,
+        batch_cfg: bool = True,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        on_progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """The detail latent from pure noise in a few shortcut steps, guided by the anchor (SPEC.md 5)."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        cond, uncond = embeddings or self._embeddings(prompt, negative_prompt, on_progress)
+        shape = self.latent_shape(preset.detail_width, preset.detail_height, preset.num_frames)
+        if anchor.shape[2] != shape[2]:
+            raise ValueError(f"anchor has {anchor.shape[2]} latent frames; preset {preset.name} needs {shape[2]}")
+        velocity = guided_velocity(
+            self.detail_transformer,
+            cond,
+            uncond,
+            preset.detail_guidance,
+            anchor=anchor,
+            zero_anchor_uncond=zero_anchor_uncond,
+            batch_branches=batch_cfg,
+        )
+        latent = sample(
+            velocity,
+            _noise(shape, seed).to(self.detail_transformer.device),
+            num_steps=preset.detail_steps,
+            shift=preset.detail_shift,
+            solver=solver,
+            shortcut=True,
+            snap=snap,
+            on_step=self._stage_progress("detail", on_progress),
+        )
+        return latent.cpu()
+
+    # -- stage 3: decode --------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, *, chunks: int = 1, overlap: int = 3) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3) from a normalised latent, in width chunks if asked (SPEC.md 6)."""
+        config = self.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+        raw = latent.float() * std + mean
+
+        def decode_piece(piece: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(piece.to(self.vae.device, self.vae.dtype), return_dict=False)[0]
+
+        return decode_frames(decode_piece, raw, chunks=chunks, overlap=overlap)
+
+    # -- all stages -------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        prompt_id: str,
+        seed: int = 0,
+        preset: str | Preset = "tiny",
+        negative_prompt: str | None = None,
+        solver: Solver = "unipc",
+        on_progress: Progress | None = None,
+    ) -> PixelWizardOutput:
+        """Render one prompt end to end; stage seeds come from (seed, prompt_id)."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        seeds = stage_seeds(seed, prompt_id)
+        embeddings = self._embeddings(prompt, negative_prompt, on_progress)
+        anchor = self.generate_anchor(
+            prompt, seeds.anchor, preset, solver=solver, embeddings=embeddings, on_progress=on_progress
+        )
+        detail = self.render_detail(
+            anchor, prompt, seeds.detail, preset, solver=solver, embeddings=embeddings, on_progress=on_progress
+        )
+        frames = self.decode(detail, chunks=preset.decode_chunks)
+        if on_progress is not None:
+            on_progress("decode", 1, 1)
+        return PixelWizardOutput(frames=frames, anchor_latent=anchor, detail_latent=detail)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _embeddings(
+        self, prompt: str, negative_prompt: str | None, on_progress: Progress | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cond, uncond = self.encode_prompt(prompt, negative_prompt)
+        if on_progress is not None:
+            on_progress("text", 1, 1)
+        return cond, uncond
+
+    @staticmethod
+    def _stage_progress(stage: str, on_progress: Progress | None) -> Callable[[int, int], None] | None:
+        if on_progress is None:
+            return None
+        return lambda done, total: on_progress(stage, done, total)

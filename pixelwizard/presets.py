@@ -1,0 +1,82 @@
+"""Render presets: the anchor and detail stage settings of SPEC.md section 3, plus a CPU-sized one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+class PresetError(ValueError):
+    """A preset name or a size that the method cannot render."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that fixes the shape and the sampler of a two-stage render."""
+
+    name: str
+    num_frames: int
+    anchor_width: int
+    anchor_height: int
+    anchor_steps: int
+    anchor_shift: float
+    anchor_guidance: float
+    detail_width: int
+    detail_height: int
+    detail_steps: int
+    detail_shift: float
+    detail_guidance: float
+    decode_chunks: int
+    fps: int = 24
+
+    def validate(self) -> "Preset":
+        """Raise PresetError naming the first value the model cannot take."""
+        for label, value in (
+            ("anchor width", self.anchor_width),
+            ("anchor height", self.anchor_height),
+            ("width", self.detail_width),
+            ("height", self.detail_height),
+        ):
+            if value <= 0 or value % 32:
+                raise PresetError(f"{label} {value} is not a positive multiple of 32")
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise PresetError(f"frame count {self.num_frames} is not of the form 4k+1 (e.g. 17, 121)")
+        for label, value in (("anchor steps", self.anchor_steps), ("detail steps", self.detail_steps)):
+            if value < 1:
+                raise PresetError(f"{label} must be at least 1, got {value}")
+        if self.decode_chunks < 1:
+            raise PresetError(f"decode chunks must be at least 1, got {self.decode_chunks}")
+        return self
+
+    def with_overrides(self, **overrides: object) -> "Preset":
+        """A copy with the given fields replaced (None values are ignored), validated."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+_ANCHOR = dict(
+    num_frames=121, anchor_width=448, anchor_height=256, anchor_steps=50, anchor_shift=5.0, anchor_guidance=5.0
+)
+
+PRESETS: dict[str, Preset] = {
+    "2k": Preset(
+        name="2k", **_ANCHOR, detail_width=2560, detail_height=1440, detail_steps=4, detail_shift=5.5,
+        detail_guidance=5.0, decode_chunks=3,
+    ),
+    "4k": Preset(
+        name="4k", **_ANCHOR, detail_width=3840, detail_height=2144, detail_steps=4, detail_shift=5.8,
+        detail_guidance=5.0, decode_chunks=4,
+    ),
+    # Sized for a laptop CPU and the bundled tiny model: 5 latent frames, 16x28 detail latent.
+    "tiny": Preset(
+        name="tiny", num_frames=17, anchor_width=224, anchor_height=128, anchor_steps=20, anchor_shift=5.0,
+        anchor_guidance=5.0, detail_width=448, detail_height=256, detail_steps=4, detail_shift=5.5,
+        detail_guidance=5.0, decode_chunks=1,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset, or PresetError listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
