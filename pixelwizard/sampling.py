@@ -103,10 +103,11 @@ def sample(
     batch = noise.shape[0]
     x = noise.float()
     for i in range(num_steps):
-        t = float(scheduler.timesteps[i])
+        # The model gets the exact noise level t = 1000 s (diffusers' timesteps are truncated to ints).
+        t = float(sigmas[i]) * NUM_TRAIN_TIMESTEPS
         dt = dts[i]
         if snap and dt is not None:
-            t, dt = snap_step(float(sigmas[i]) * NUM_TRAIN_TIMESTEPS, dt)
+            t, dt = snap_step(t, dt)
         t_in = torch.full((batch,), t, device=x.device)
         dt_in = None if dt is None else torch.full((batch,), float(dt), device=x.device)
         v = velocity(x, t_in, dt_in).float()

@@ -52,7 +52,7 @@ class VideoEncodeError(RuntimeError):
 
 
 class VideoDecodeError(RuntimeError):
-    """Decoding or probing failed; the message is a one-line summary, then ffmpeg's last stderr lines."""
+    """Decoding or probing failed; message layout as for :class:`VideoEncodeError`."""
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ def encode_video(
         _discard_encoder(proc, tmp)
         lines = stderr.lines()
         summary = (
-            f"ffmpeg exited (code {proc.returncode}) before receiving frame {index} for {path}"
+            f"ffmpeg exited (code {proc.returncode}) while frame {index} was being sent for {path}"
             + _last_line_suffix(lines)
         )
         raise VideoEncodeError(_error_message(summary, lines)) from exc
@@ -380,7 +380,7 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     """Size, frame count and average frame rate of the first video stream of ``path``.
 
     Frames are counted from the stream's packets (one per frame in MP4) without decoding them;
-    fps is frames divided by the summed packet durations.
+    fps is frames divided by the summed packet durations (0.0 if the file gives none).
     """
     path = _existing(path)
     width, height = _decoded_size(path)

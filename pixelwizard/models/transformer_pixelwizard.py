@@ -119,14 +119,37 @@ class PixelWizardTransformer3DModel(WanTransformer3DModel):
         )
         if any(not 0 <= i < num_layers for i in injection_blocks):
             raise ValueError(f"injection_blocks {list(injection_blocks)} must lie in [0, {num_layers})")
-        inner_dim = num_attention_heads * attention_head_dim
+        self.dt_embedder, self.anchor_injector = self._new_modules()
+
+    def _new_modules(self) -> tuple[TimestepEmbedding, AnchorInjector]:
+        """The modules PixelWizard adds to Wan, freshly initialised (zero where SPEC.md 4 says)."""
+        c = self.config
+        inner_dim = c.num_attention_heads * c.attention_head_dim
         # Step-size embedding: same sinusoid as the timestep, MLP whose last layer starts at zero.
-        self.dt_embedder = TimestepEmbedding(in_channels=freq_dim, time_embed_dim=inner_dim)
-        nn.init.zeros_(self.dt_embedder.linear_2.weight)
-        nn.init.zeros_(self.dt_embedder.linear_2.bias)
-        self.anchor_injector = AnchorInjector(
-            anchor_channels, injector_hidden_channels, inner_dim, freq_dim, injector_groups, tuple(injection_blocks)
+        dt_embedder = TimestepEmbedding(in_channels=c.freq_dim, time_embed_dim=inner_dim)
+        nn.init.zeros_(dt_embedder.linear_2.weight)
+        nn.init.zeros_(dt_embedder.linear_2.bias)
+        injector = AnchorInjector(
+            c.anchor_channels, c.injector_hidden_channels, inner_dim, c.freq_dim, c.injector_groups,
+            tuple(c.injection_blocks),
         )
+        return dt_embedder, injector
+
+    @classmethod
+    def from_wan_pretrained(cls, path: str, **config_overrides: Any) -> "PixelWizardTransformer3DModel":
+        """Load stock diffusers Wan2.2 transformer weights; the new modules get their (zero) init.
+
+        Such a checkpoint lacks the new modules, which diffusers then leaves on the meta device:
+        they are rebuilt here, in the dtype of the rest of the model.
+        """
+        model = cls.from_pretrained(path, **config_overrides)
+        device = model.patch_embedding.weight.device
+        dt_embedder, injector = model._new_modules()
+        if any(p.is_meta for p in model.dt_embedder.parameters()):
+            model.dt_embedder = dt_embedder.to(device)  # kept in float32 (_keep_in_fp32_modules)
+        if any(p.is_meta for p in model.anchor_injector.parameters()):
+            model.anchor_injector = injector.to(device, model.patch_embedding.weight.dtype)
+        return model
 
     @property
     def _sinusoid(self) -> Timesteps:

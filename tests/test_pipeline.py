@@ -1,0 +1,153 @@
+"""The two-stage pipeline: bundle round trip, seeds, stage shapes."""
+
+import json
+
+import pytest
+import torch
+
+from pixelwizard.bundle import ModelFolderError, bundle_revision, check_bundle, load_bundle
+from pixelwizard.default_model import build_tiny_pipeline, save_bundle_atomically
+from pixelwizard.presets import PresetError, get_preset
+from pixelwizard.seeds import stage_seeds
+
+FAST = get_preset("tiny").with_overrides(
+    num_frames=5, anchor_width=64, anchor_height=32, anchor_steps=3, detail_width=128, detail_height=64
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return save_bundle_atomically(build_tiny_pipeline(seed=7), tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle):
+    return load_bundle(bundle)
+
+
+def test_bundle_is_a_diffusers_folder_that_reloads_offline_with_identical_weights(bundle, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    index = json.loads((bundle / "model_index.json").read_text())
+    assert index["_class_name"] == "PixelWizardPipeline"
+    assert index["detail_transformer"][1] == "PixelWizardTransformer3DModel"
+    reference = build_tiny_pipeline(seed=7)
+    loaded = load_bundle(bundle)
+    for name in ("text_encoder", "vae", "transformer", "detail_transformer"):
+        ours, theirs = getattr(loaded, name).state_dict(), getattr(reference, name).state_dict()
+        assert ours.keys() == theirs.keys(), name
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert loaded.tokenizer("a red circle").input_ids == reference.tokenizer("a red circle").input_ids
+
+
+def test_building_from_a_seed_is_deterministic_and_seed_dependent():
+    a, b, c = build_tiny_pipeline(seed=1), build_tiny_pipeline(seed=1), build_tiny_pipeline(seed=2)
+    wa, wb, wc = (p.transformer.proj_out.weight for p in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_same_seed_same_latents_and_other_prompt_id_other_latents(pipe):
+    one = pipe("a red circle moves right", prompt_id="p1", seed=3, preset=FAST)
+    two = pipe("a red circle moves right", prompt_id="p1", seed=3, preset=FAST)
+    other = pipe("a red circle moves right", prompt_id="p2", seed=3, preset=FAST)
+    assert torch.equal(one.anchor_latent, two.anchor_latent)
+    assert torch.equal(one.detail_latent, two.detail_latent)
+    assert torch.equal(one.frames, two.frames)
+    assert not torch.equal(one.anchor_latent, other.anchor_latent)
+    assert not torch.equal(one.detail_latent, other.detail_latent)
+
+
+def test_stage_seeds_depend_on_base_seed_and_prompt_id_only():
+    assert stage_seeds(5, "abc") == stage_seeds(5, "abc")
+    assert stage_seeds(5, "abc") != stage_seeds(6, "abc") != stage_seeds(5, "abd")
+    assert stage_seeds(5, "abc").anchor != stage_seeds(5, "abc").detail
+
+
+def test_stage_calls_have_the_preset_shapes(pipe):
+    cond, uncond = pipe.encode_prompt("a blue square", "blurry")
+    assert cond.shape == uncond.shape == (1, 32, 32)
+    anchor = pipe.generate_anchor("a blue square", 11, FAST)
+    assert anchor.shape == (1, 16, 2, 2, 4)
+    detail = pipe.render_detail(anchor, "a blue square", 12, FAST)
+    assert detail.shape == (1, 16, 2, 4, 8)
+    frames = pipe.decode(detail)
+    assert frames.shape == (5, 64, 128, 3) and frames.dtype == torch.uint8
+
+
+def test_progress_reports_every_step_of_every_stage(pipe):
+    seen = []
+    pipe("a blue square", prompt_id="x", seed=0, preset=FAST, on_progress=lambda *a: seen.append(a))
+    assert ("anchor", 3, 3) in seen and ("detail", 4, 4) in seen and ("decode", 1, 1) in seen
+    assert [a for a in seen if a[0] == "detail"] == [("detail", i, 4) for i in range(1, 5)]
+
+
+def test_anchor_guides_the_detail_stage_when_the_injector_is_trained(pipe):
+    """With non-zero injector weights, a different anchor gives a different detail latent."""
+    anchor = pipe.generate_anchor("a blue square", 11, FAST)
+    with torch.no_grad():
+        for name, p in pipe.detail_transformer.anchor_injector.named_parameters():
+            if "block_proj" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    try:
+        a = pipe.render_detail(anchor, "a blue square", 12, FAST)
+        b = pipe.render_detail(torch.zeros_like(anchor), "a blue square", 12, FAST)
+        c = pipe.render_detail(anchor, "a blue square", 12, FAST, zero_anchor_uncond=True)
+        assert (a - b).abs().max() > 1e-3
+        assert (a - c).abs().max() > 1e-3
+        assert torch.allclose(pipe.render_detail(anchor, "a blue square", 12, FAST, batch_cfg=False), a, atol=1e-4)
+    finally:
+        with torch.no_grad():
+            for name, p in pipe.detail_transformer.anchor_injector.named_parameters():
+                if "block_proj" in name:
+                    p.zero_()
+
+
+def test_incomplete_bundle_is_named(bundle, tmp_path):
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        check_bundle(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text((bundle / "model_index.json").read_text())
+    with pytest.raises(ModelFolderError, match="tokenizer"):
+        check_bundle(broken)
+
+
+def test_revision_changes_when_weights_change(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    assert bundle_revision(copy) == bundle_revision(bundle)
+    weights = next((copy / "vae").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert bundle_revision(copy) != bundle_revision(bundle)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(detail_width=100), "multiple of 32"),
+        (dict(anchor_height=48), "multiple of 32"),
+        (dict(num_frames=16), "4k\\+1"),
+        (dict(detail_steps=0), "at least 1"),
+    ],
+)
+def test_presets_reject_shapes_the_model_cannot_take(overrides, message):
+    with pytest.raises(PresetError, match=message):
+        get_preset("tiny").with_overrides(**overrides)
+
+
+def test_presets_match_the_spec():
+    two, four = get_preset("2k"), get_preset("4k")
+    assert (two.detail_width, two.detail_height, two.detail_steps, two.detail_shift, two.decode_chunks) == (
+        2560, 1440, 4, 5.5, 3
+    )
+    assert (four.detail_width, four.detail_height, four.detail_steps, four.detail_shift, four.decode_chunks) == (
+        3840, 2144, 4, 5.8, 4
+    )
+    for p in (two, four):
+        assert (p.anchor_width, p.anchor_height, p.num_frames, p.anchor_steps, p.anchor_shift) == (448, 256, 121, 50, 5.0)
+        assert p.anchor_guidance == p.detail_guidance == 5.0
+    with pytest.raises(PresetError, match="unknown preset"):
+        get_preset("8k")
