@@ -1,0 +1,21 @@
+"""Exit codes and the one-line error convention shared by every command."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print ``error: message`` on one line to stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)

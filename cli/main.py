@@ -1,0 +1,27 @@
+"""Entry point of the ``pixelwizard`` command."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from cli.render import render
+
+# Nothing may reach for a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+app = typer.Typer(
+    name="pixelwizard",
+    help="Native 2K/4K text-to-video: an anchor video plus a few-step shortcut detail stage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(render)
+
+
+@app.callback()
+def main() -> None:
+    """Native 2K/4K text-to-video: an anchor video plus a few-step shortcut detail stage."""

@@ -1,0 +1,100 @@
+"""``pixelwizard render``: ad hoc renders of one prompt or a prompt file to MP4 files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.errors import EXIT_FAILURE, fail
+from cli.progress import StageProgress, quiet_libraries
+
+
+def render(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt to render (or use --prompts).")] = None,
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", "-p", help="A .txt or .jsonl prompt file.")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="tiny, 2k or 4k.")] = "tiny",
+    model: Annotated[
+        Optional[Path], typer.Option(help="Model bundle folder (default: the embedded tiny model).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder; files are named <prompt id>.mp4.")] = Path("out"),
+    seed: Annotated[int, typer.Option(help="Base seed; stage seeds derive from it and the prompt id.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Detail-stage steps (preset default).")] = None,
+    anchor_steps: Annotated[Optional[int], typer.Option(help="Anchor-stage steps (preset default).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Output width, a multiple of 32.")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Output height, a multiple of 32.")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Frame count, 4k+1.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Detail-stage CFG scale.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt for every prompt.")] = None,
+    solver: Annotated[str, typer.Option(help="unipc or euler.")] = "unipc",
+    decode_chunks: Annotated[Optional[int], typer.Option(help="Width chunks for decoding.")] = None,
+    codec: Annotated[str, typer.Option(help="h264 or hevc10.")] = "h264",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Render again prompts whose MP4 exists.")] = False,
+) -> None:
+    """Render prompts to MP4: anchor video, shortcut detail stage, decode, encode."""
+    from pixelwizard.bundle import ModelFolderError, check_bundle
+    from pixelwizard.devices import DeviceError, resolve_device
+    from pixelwizard.presets import PresetError, get_preset
+    from pixelwizard.prompts import PromptFileError, PromptSpec, load_prompts, prompt_id_for_text
+
+    if (prompt is None) == (prompts is None):
+        fail("give exactly one of PROMPT or --prompts FILE")
+    if solver not in ("unipc", "euler"):
+        fail(f"unknown solver {solver!r}; choose unipc or euler")
+    if codec not in ("h264", "hevc10"):
+        fail(f"unknown codec {codec!r}; choose h264 or hevc10")
+    try:
+        chosen = get_preset(preset).with_overrides(
+            detail_steps=steps, anchor_steps=anchor_steps, detail_width=width, detail_height=height,
+            num_frames=frames, detail_guidance=guidance, decode_chunks=decode_chunks,
+        )
+        if prompt is not None:
+            if not prompt.strip():
+                fail("the prompt is empty")
+            specs = [PromptSpec(id=prompt_id_for_text(prompt), prompt=prompt.strip())]
+        else:
+            specs = load_prompts(prompts)
+        target = resolve_device(device)
+        bundle = check_bundle(model) if model is not None else None
+    except (PresetError, PromptFileError, DeviceError, ModelFolderError) as exc:
+        fail(str(exc))
+
+    todo = [s for s in specs if overwrite or not (out / f"{s.id}.mp4").exists()]
+    for spec in specs:
+        if spec not in todo:
+            typer.echo(f"{out / (spec.id + '.mp4')} exists; skipped (--overwrite renders it again)")
+    if not todo:
+        return
+
+    quiet_libraries()
+    from pixelwizard.bundle import load_bundle
+    from pixelwizard.default_model import default_model_path
+    from pixelwizard.video import encode_video
+
+    pipe = load_bundle(bundle or default_model_path(), device=target)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    with StageProgress() as progress:
+        for spec in todo:
+            progress.start_prompt(spec.id)
+            try:
+                result = pipe(
+                    spec.prompt,
+                    prompt_id=spec.id,
+                    seed=seed if spec.seed is None else spec.seed,
+                    preset=chosen,
+                    negative_prompt=spec.negative_prompt or negative_prompt,
+                    solver=solver,
+                    on_progress=progress.update,
+                )
+                path = encode_video(iter(result.frames.numpy()), out / f"{spec.id}.mp4", fps=chosen.fps, codec=codec)
+                progress.finish_prompt(spec.id, str(path))
+            except Exception as exc:  # one bad prompt must not lose the others
+                failures += 1
+                progress.console.print(f"[red]failed[/] {spec.id}: {str(exc).splitlines()[0]}")
+    if failures:
+        fail(f"{failures} of {len(todo)} prompt(s) failed", EXIT_FAILURE)
