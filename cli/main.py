@@ -6,6 +6,7 @@ import os
 
 import typer
 
+from cli.db import db_app
 from cli.render import render
 
 # Nothing may reach for a model hub at run time.
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(render)
+app.add_typer(db_app, name="db")
 
 
 @app.callback()
