@@ -1,0 +1,1 @@
+"""Alembic migrations of the run database; ``storage.migrate`` locates them through this package."""

@@ -1,0 +1,104 @@
+"""Engine and session factory for the run database: a SQLite file by default, PostgreSQL by URL.
+
+``open_database()`` is the entry point for workers and the CLI: it checks the database can
+be reached (``DatabaseUnavailableError`` with a one-line message otherwise), brings the schema
+to the latest migration, and returns a session factory whose sessions keep loaded objects
+usable after commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import settings
+from storage.errors import DatabaseUnavailableError
+
+__all__ = ["DatabaseUnavailableError", "check_connection", "create_db_engine", "open_database", "safe_url"]
+
+SQLITE_BUSY_TIMEOUT_S = 30
+PG_CONNECT_TIMEOUT_S = 5
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with any password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def create_db_engine(url: str | None = None) -> Engine:
+    """An engine for ``url`` (default ``$PIXELWIZARD_DATABASE_URL`` or the embedded SQLite file).
+
+    SQLite gets WAL mode, a busy timeout and enforced foreign keys, and its parent directory
+    is created; PostgreSQL gets a short connect timeout and pre-ping. No connection is made.
+    """
+    raw = url or settings.database_url()
+    try:
+        parsed = make_url(raw)
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(parsed, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ImportError) as err:
+        raise DatabaseUnavailableError(f"cannot open database {safe_url(raw)}: {_one_line(err)}") from None
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once and run ``SELECT 1``; raise ``DatabaseUnavailableError`` if that fails."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except DBAPIError as err:
+        raise DatabaseUnavailableError(
+            f"cannot connect to database {safe_url(engine.url)}: {_one_line(err.orig or err)}"
+        ) from None
+
+
+def open_database(url: str | None = None, *, migrate: bool = True) -> sessionmaker[Session]:
+    """Check the database at ``url`` is reachable, upgrade it to head unless ``migrate`` is False,
+    and return a ``sessionmaker`` (``expire_on_commit=False``).
+
+    Upgrading on open gives the embedded SQLite default its schema on first use; for other
+    URLs it applies pending migrations too (concurrent openers serialise on a lock), so
+    deployments that prefer explicit ``pixelwizard db upgrade`` pass ``migrate=False``.
+    """
+    engine = create_db_engine(url)
+    check_connection(engine)
+    if migrate:
+        from storage.migrate import ensure_schema
+
+        ensure_schema(url)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        try:
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DatabaseUnavailableError(f"cannot create directory for {safe_url(url)}: {_one_line(err)}") from None
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    return engine
+
+
+def _one_line(err: BaseException) -> str:
+    """The first non-empty line of an exception message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

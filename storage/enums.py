@@ -1,0 +1,80 @@
+"""Status and kind enums shared by the ORM models, the job repository and the latent cache.
+
+Kept free of SQLAlchemy and torch so any layer can import them cheaply. The job status
+transition table lives here too, next to the statuses it relates (see ``storage.jobs``).
+"""
+
+from enum import StrEnum
+
+
+class BatchStatus(StrEnum):
+    """Lifecycle of a batch, derived from its jobs (see ``storage.jobs.refresh_batch``)."""
+
+    pending = "pending"
+    running = "running"
+    done = "done"
+    partial = "partial"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class JobStatus(StrEnum):
+    """Pipeline stage of a job; ``*ing`` statuses are held under a worker's lease."""
+
+    pending = "pending"
+    anchoring = "anchoring"
+    anchored = "anchored"
+    rendering = "rendering"
+    rendered = "rendered"
+    encoding = "encoding"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class AttemptOutcome(StrEnum):
+    """Result of one worker's try at one stage of a job."""
+
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    crashed = "crashed"
+
+
+class ArtifactKind(StrEnum):
+    """What a stored artifact holds."""
+
+    anchor_latent = "anchor_latent"
+    detail_latent = "detail_latent"
+    video = "video"
+    thumbnail = "thumbnail"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.done, JobStatus.failed, JobStatus.cancelled})
+WORKING_STATUSES = frozenset({JobStatus.anchoring, JobStatus.rendering, JobStatus.encoding})
+READY_STATUSES = frozenset({JobStatus.pending, JobStatus.anchored, JobStatus.rendered})
+
+# Where a working status falls back to when its worker's lease expires.
+EXPIRED_LEASE_FALLBACK = {
+    JobStatus.anchoring: JobStatus.pending,
+    JobStatus.rendering: JobStatus.anchored,
+    JobStatus.encoding: JobStatus.rendered,
+}
+
+_S = JobStatus
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    _S.pending: frozenset({_S.anchoring, _S.failed, _S.cancelled}),
+    _S.anchoring: frozenset({_S.anchored, _S.pending, _S.failed, _S.cancelled}),
+    _S.anchored: frozenset({_S.rendering, _S.failed, _S.cancelled}),
+    _S.rendering: frozenset({_S.rendered, _S.anchored, _S.failed, _S.cancelled}),
+    _S.rendered: frozenset({_S.encoding, _S.failed, _S.cancelled}),
+    _S.encoding: frozenset({_S.done, _S.rendered, _S.failed, _S.cancelled}),
+    _S.failed: frozenset({_S.pending}),
+    _S.done: frozenset(),
+    _S.cancelled: frozenset(),
+}
+
+
+def is_allowed_transition(old: JobStatus, new: JobStatus) -> bool:
+    """Whether the transition table permits ``old -> new``."""
+    return new in ALLOWED_TRANSITIONS[JobStatus(old)]

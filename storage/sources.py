@@ -1,0 +1,32 @@
+"""Reading input files (prompt lists) that users put somewhere: a path, file:// or s3:// URI.
+
+Unlike store objects, these carry no SHA-256 of ours, so they are read as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from storage.errors import ObjectNotFoundError, StoreConfigError
+
+
+def read_source(uri: str) -> bytes:
+    """The bytes at ``uri``; ``ObjectNotFoundError``/``StoreConfigError`` with one-line messages."""
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        from storage.s3_store import S3Store
+
+        key = parts.path.lstrip("/")
+        if not parts.netloc or not key:
+            raise StoreConfigError(f"bad S3 URI {uri!r}: use s3://bucket/key")
+        return S3Store(f"s3://{parts.netloc}").read_external(key)
+    if parts.scheme not in ("", "file"):
+        raise StoreConfigError(f"unsupported source {uri!r}: use a path, file:// or s3:// URI")
+    path = Path(unquote(parts.path) if parts.scheme == "file" else uri)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ObjectNotFoundError(f"{uri}: no such file") from None
+    except OSError as exc:
+        raise StoreConfigError(f"{uri}: cannot read ({exc.strerror or exc})") from None

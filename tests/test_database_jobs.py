@@ -1,0 +1,341 @@
+"""Job repository on SQLite and PostgreSQL: idempotency, transitions, leases, crashes, claims."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import IllegalTransitionError, StaleJobError
+from storage.database import open_database
+from storage.enums import ALLOWED_TRANSITIONS, is_allowed_transition
+from storage.jobs import (
+    BatchSummary,
+    JobSpec,
+    add_jobs,
+    batch_summary,
+    claim_next_job,
+    create_batch,
+    ensure_batch,
+    finish_attempt,
+    heartbeat,
+    record_artifact,
+    refresh_batch,
+    release,
+    requeue_expired,
+    requeue_failed,
+    start_attempt,
+    transition,
+)
+from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, BatchStatus, Job, JobStatus
+from storage.object_store import StoredObject
+
+S = JobStatus
+SHORT_LEASE_S = 0.3
+
+
+@pytest.fixture
+def factory(db_url: str) -> sessionmaker[Session]:
+    return open_database(db_url)
+
+
+def _batch_with_jobs(factory: sessionmaker[Session], count: int) -> tuple[int, list[int]]:
+    with factory.begin() as session:
+        batch = create_batch(session, name="batch", source="prompts.jsonl", preset="4k-fast")
+        jobs = add_jobs(
+            session, batch.id, [JobSpec(f"p{i}", f"prompt {i}", i, "4k-fast", "rev1") for i in range(count)]
+        )
+        return batch.id, [job.id for job in jobs]
+
+
+def _job(factory: sessionmaker[Session], job_id: int) -> Job:
+    with factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_transition_table_is_the_documented_one() -> None:
+    forward = [S.pending, S.anchoring, S.anchored, S.rendering, S.rendered, S.encoding, S.done]
+    expected = set(itertools.pairwise(forward))
+    expected |= {(s, end) for s in forward[:-1] for end in (S.failed, S.cancelled)}
+    expected |= {(S.failed, S.pending), (S.anchoring, S.pending), (S.rendering, S.anchored), (S.encoding, S.rendered)}
+
+    actual = {(a, b) for a, targets in ALLOWED_TRANSITIONS.items() for b in targets}
+
+    assert actual == expected
+    assert set(ALLOWED_TRANSITIONS) == set(JobStatus)
+
+
+def test_add_jobs_is_idempotent_per_batch(factory: sessionmaker[Session]) -> None:
+    spec = JobSpec("p1", "a red fox", 7, "4k", "rev1", parameters={"steps": 4})
+    with factory.begin() as session:
+        batch = create_batch(session, name="b", source="prompts.txt", preset="4k")
+        other = create_batch(session, name="b2", source="prompts.txt", preset="4k")
+        first = add_jobs(session, batch.id, [spec, spec])
+        again = add_jobs(
+            session, batch.id, [spec, JobSpec("p1", "a red fox", 8, "4k", "rev1", parameters={"steps": 4})]
+        )
+        elsewhere = add_jobs(session, other.id, [spec])
+        changed_model = add_jobs(
+            session, batch.id, [JobSpec("p1", "a red fox", 7, "4k", "rev2", parameters={"steps": 4})]
+        )
+
+    assert first[0].id == first[1].id == again[0].id
+    assert again[1].id != first[0].id
+    assert elsewhere[0].id != first[0].id
+    assert changed_model[0].id not in (first[0].id, again[1].id)
+    with factory() as session:
+        assert batch_summary(session, batch.id).counts == {S.pending: 3}
+        assert session.get(Job, first[0].id).parameters == {"steps": 4}  # type: ignore[union-attr]
+
+
+def test_ensure_batch_returns_the_batch_of_the_same_input(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as session:
+        first = ensure_batch(session, idempotency_key="k" * 64, name="b", source="prompts.txt", preset="4k")
+        again = ensure_batch(session, idempotency_key="k" * 64, name="renamed", source="prompts.txt", preset="4k")
+        other = ensure_batch(session, idempotency_key="x" * 64, name="b", source="prompts.txt", preset="4k")
+
+    assert again.id == first.id and again.name == "b"
+    assert other.id != first.id
+    assert (first.status, first.jobs_total, first.created_at.tzinfo is not None) == (BatchStatus.pending, 0, True)
+
+
+def test_happy_path_records_attempts_artifacts_and_finishes_batch(factory: sessionmaker[Session]) -> None:
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+    job = claim_next_job(factory, batch_id, "gpu-0", lease_seconds=60)
+    assert job is not None and job.id == job_id and job.lease_owner == "gpu-0"
+
+    for working, finished, kind in [
+        (S.anchoring, S.anchored, ArtifactKind.anchor_latent),
+        (S.rendering, S.rendered, ArtifactKind.detail_latent),
+        (S.encoding, S.done, ArtifactKind.video),
+    ]:
+        with factory.begin() as session:
+            transition(session, job, working, worker="gpu-0")
+            attempt = start_attempt(session, job, working, "gpu-0")
+        with factory.begin() as session:
+            finish_attempt(session, attempt, AttemptOutcome.succeeded)
+            stored = StoredObject(f"s3://bkt/{kind}/{job_id}", f"{kind}/{job_id}", 123, "ab" * 32)
+            record_artifact(session, job.id, kind, stored)
+            transition(session, job, finished, worker="gpu-0")
+
+    with factory.begin() as session:
+        batch = refresh_batch(session, batch_id)
+        assert (batch.status, batch.jobs_total, batch.jobs_done) == (BatchStatus.done, 1, 1)
+        assert batch.finished_at is not None
+        stored_job = session.get(Job, job_id)
+        assert stored_job is not None
+        assert (stored_job.status, stored_job.attempt_count, stored_job.lease_owner) == (S.done, 3, None)
+        attempts = session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)).all()
+        assert [(a.stage, a.outcome) for a in attempts] == [
+            (S.anchoring, AttemptOutcome.succeeded),
+            (S.rendering, AttemptOutcome.succeeded),
+            (S.encoding, AttemptOutcome.succeeded),
+        ]
+        assert all(a.duration_seconds is not None and a.duration_seconds >= 0 for a in attempts)
+        kinds = session.scalars(select(Artifact.kind).where(Artifact.job_id == job_id)).all()
+        assert sorted(kinds) == sorted([ArtifactKind.anchor_latent, ArtifactKind.detail_latent, ArtifactKind.video])
+
+
+@pytest.mark.parametrize(
+    ("path", "illegal"),
+    [
+        ([], S.done),
+        ([], S.rendering),
+        ([S.anchoring], S.rendering),
+        ([S.anchoring, S.anchored], S.anchoring),
+        ([S.cancelled], S.pending),
+        ([S.failed], S.anchoring),
+    ],
+)
+def test_illegal_transition_raises_and_changes_nothing(
+    factory: sessionmaker[Session], path: list[JobStatus], illegal: JobStatus
+) -> None:
+    _, [job_id] = _batch_with_jobs(factory, 1)
+    job = _job(factory, job_id)
+    for status in path:
+        with factory.begin() as session:
+            transition(session, job, status)
+
+    with factory.begin() as session, pytest.raises(IllegalTransitionError, match=f"-> {illegal}"):
+        transition(session, job, illegal)
+
+    assert not is_allowed_transition(job.status, illegal)
+    assert _job(factory, job_id).status == (path[-1] if path else S.pending)
+
+
+def test_transition_from_a_stale_view_raises(factory: sessionmaker[Session]) -> None:
+    _, [job_id] = _batch_with_jobs(factory, 1)
+    mine, theirs = _job(factory, job_id), _job(factory, job_id)
+    with factory.begin() as session:
+        transition(session, theirs, S.cancelled)
+
+    with factory.begin() as session, pytest.raises(StaleJobError):
+        transition(session, mine, S.anchoring)
+    assert _job(factory, job_id).status == S.cancelled
+
+
+def test_expired_lease_makes_job_claimable_again(factory: sessionmaker[Session]) -> None:
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+    held = claim_next_job(factory, batch_id, "worker-a", lease_seconds=SHORT_LEASE_S)
+    assert held is not None
+    assert claim_next_job(factory, batch_id, "worker-b", lease_seconds=60) is None  # lease is live
+
+    time.sleep(SHORT_LEASE_S + 0.2)
+    taken = claim_next_job(factory, batch_id, "worker-b", lease_seconds=60)
+
+    assert taken is not None and taken.id == job_id and taken.lease_owner == "worker-b"
+    with factory.begin() as session, pytest.raises(StaleJobError, match="worker-a lost its lease"):
+        heartbeat(session, held, "worker-a", 60)
+    with factory.begin() as session, pytest.raises(StaleJobError):
+        transition(session, held, S.anchoring, worker="worker-a")
+    with factory.begin() as session:
+        heartbeat(session, taken, "worker-b", 120)
+        transition(session, taken, S.anchoring, worker="worker-b")
+
+
+def test_crashed_worker_never_strands_its_job(factory: sessionmaker[Session]) -> None:
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+    job = claim_next_job(factory, batch_id, "crashy", lease_seconds=SHORT_LEASE_S)
+    assert job is not None
+    with factory.begin() as session:
+        transition(session, job, S.anchoring, worker="crashy")
+        attempt = start_attempt(session, job, S.anchoring, "crashy")
+    # ... the worker dies here: no heartbeat, no finish.
+    time.sleep(SHORT_LEASE_S + 0.2)
+
+    rescued = claim_next_job(factory, batch_id, "healthy", lease_seconds=60)
+
+    assert rescued is not None and rescued.id == job_id
+    assert rescued.status == S.pending and rescued.lease_owner == "healthy"
+    assert rescued.last_error == "lease expired during anchoring"
+    with factory() as session:
+        crashed = session.get(Attempt, attempt.id)
+        assert crashed is not None and crashed.outcome == AttemptOutcome.crashed and crashed.finished_at is not None
+    with factory.begin() as session, pytest.raises(StaleJobError):
+        finish_attempt(session, attempt, AttemptOutcome.succeeded)
+
+
+@pytest.mark.parametrize(("working", "fallback"), [(S.rendering, S.anchored), (S.encoding, S.rendered)])
+def test_requeue_expired_steps_back_one_stage(
+    factory: sessionmaker[Session], working: JobStatus, fallback: JobStatus
+) -> None:
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+    job = claim_next_job(factory, batch_id, "w", lease_seconds=SHORT_LEASE_S)
+    assert job is not None
+    chain = [S.anchoring, S.anchored, S.rendering, S.rendered, S.encoding]
+    with factory.begin() as session:
+        for status in chain[: chain.index(working) + 1]:
+            transition(session, job, status, worker="w")
+    time.sleep(SHORT_LEASE_S + 0.2)
+
+    with factory.begin() as session:
+        assert requeue_expired(session, batch_id) == 1
+    requeued = _job(factory, job_id)
+    assert (requeued.status, requeued.lease_owner, requeued.lease_expires_at) == (fallback, None, None)
+
+
+def test_requeue_failed_respects_max_attempts(factory: sessionmaker[Session]) -> None:
+    batch_id, job_ids = _batch_with_jobs(factory, 2)
+    for job_id, attempts in zip(job_ids, (1, 3), strict=True):
+        job = _job(factory, job_id)
+        with factory.begin() as session:
+            transition(session, job, S.anchoring)
+            for _ in range(attempts):
+                attempt = start_attempt(session, job, S.anchoring, "w")
+                finish_attempt(session, attempt, AttemptOutcome.failed, error="CUDA out of memory")
+            transition(session, job, S.failed, error="CUDA out of memory")
+
+    with factory.begin() as session:
+        assert requeue_failed(session, batch_id, max_attempts=3) == 1
+        assert refresh_batch(session, batch_id).status == BatchStatus.running  # work remains
+    assert [_job(factory, i).status for i in job_ids] == [S.pending, S.failed]
+    assert _job(factory, job_ids[0]).last_error == "CUDA out of memory"
+
+
+def test_release_hands_the_job_back(factory: sessionmaker[Session]) -> None:
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+    job = claim_next_job(factory, batch_id, "anchor-worker", lease_seconds=60)
+    assert job is not None
+    with factory.begin() as session:
+        transition(session, job, S.anchoring, worker="anchor-worker")
+        transition(session, job, S.anchored, worker="anchor-worker")
+        release(session, job, "anchor-worker")
+
+    detail = claim_next_job(factory, batch_id, "detail-worker", lease_seconds=60, from_statuses=[S.anchored])
+
+    assert detail is not None and detail.id == job_id and detail.lease_owner == "detail-worker"
+    with factory.begin() as session, pytest.raises(StaleJobError):
+        release(session, job, "anchor-worker")
+
+
+def test_record_artifact_replaces_the_kind(factory: sessionmaker[Session]) -> None:
+    _, [job_id] = _batch_with_jobs(factory, 1)
+    with factory.begin() as session:
+        record_artifact(session, job_id, ArtifactKind.video, StoredObject("file:///a.mp4", "a", 1, "a" * 64))
+        record_artifact(session, job_id, ArtifactKind.video, StoredObject("file:///b.mp4", "b", 2, "b" * 64))
+    with factory() as session:
+        rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+        assert [(a.uri, a.size_bytes, a.sha256) for a in rows] == [("file:///b.mp4", 2, "b" * 64)]
+
+
+@pytest.mark.parametrize(
+    ("counts", "status"),
+    [
+        ({}, BatchStatus.pending),
+        ({S.pending: 3}, BatchStatus.pending),
+        ({S.pending: 2, S.rendering: 1}, BatchStatus.running),
+        ({S.done: 3}, BatchStatus.done),
+        ({S.done: 2, S.failed: 1}, BatchStatus.partial),
+        ({S.failed: 2, S.cancelled: 1}, BatchStatus.failed),
+        ({S.cancelled: 3}, BatchStatus.cancelled),
+    ],
+)
+def test_batch_status_from_job_counts(counts: dict[JobStatus, int], status: BatchStatus) -> None:
+    assert BatchSummary(1, counts).status == status
+
+
+def test_concurrent_workers_claim_each_job_exactly_once(factory: sessionmaker[Session]) -> None:
+    batch_id, job_ids = _batch_with_jobs(factory, 40)
+    engine = factory.kw["bind"]
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _log(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    claims: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker(name: str) -> None:
+        start.wait()
+        while (job := claim_next_job(factory, batch_id, name, lease_seconds=60)) is not None:
+            with lock:
+                claims.append((job.id, name))
+
+    threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    event.remove(engine, "before_cursor_execute", _log)
+
+    claimed_ids = [job_id for job_id, _ in claims]
+    assert sorted(claimed_ids) == sorted(job_ids)
+    assert max(Counter(claimed_ids).values()) == 1
+    with factory() as session:
+        owners = dict(session.execute(select(Job.id, Job.lease_owner).where(Job.batch_id == batch_id)).all())
+    assert owners == dict(claims)
+    if _dialect(engine) == "postgresql":
+        assert any("FOR UPDATE SKIP LOCKED" in s for s in statements)
+
+
+def _dialect(engine: Engine) -> str:
+    return engine.dialect.name

@@ -1,0 +1,284 @@
+"""S3 object store against a moto server over real HTTP: multipart, create-only, faults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import threading
+from dataclasses import replace
+from pathlib import Path
+from urllib.request import urlopen
+
+import pytest
+from conftest import S3Bucket
+
+from storage import (
+    CorruptObjectError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StorageError,
+    StoreConfigError,
+    open_store,
+)
+from storage.s3_store import S3Options, S3Store
+
+MiB = 1024 * 1024
+DEFAULTS = S3Options()
+SMALL_PARTS = S3Options(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)  # multipart above 5 MiB
+
+
+def _open(bucket: S3Bucket, prefix: str = "runs/test", options: S3Options = DEFAULTS) -> S3Store:
+    store = open_store(bucket.url(prefix), s3=replace(options, endpoint_url=bucket.endpoint_url))
+    assert isinstance(store, S3Store)
+    return store
+
+
+def _stored_keys(bucket: S3Bucket) -> list[str]:
+    return [item["Key"] for item in bucket.client.list_objects_v2(Bucket=bucket.name).get("Contents", [])]
+
+
+def test_roundtrip_with_prefix_metadata_and_listing(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _open(s3_bucket)
+    stored = store.put_bytes("anchors/a.bin", b"abc", metadata={"model-revision": "r1"})
+    store.put_bytes("anchors/b.bin", b"def")
+    store.put_bytes("videos/c.mp4", b"ghi")
+
+    assert stored.uri == f"s3://{s3_bucket.name}/runs/test/anchors/a.bin"
+    assert stored.sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert store.get_bytes("anchors/a.bin") == b"abc"
+    assert store.stat("anchors/a.bin").metadata == {"model-revision": "r1"}
+    assert list(store.list("anchors/")) == ["anchors/a.bin", "anchors/b.bin"]
+    assert list(store.list()) == ["anchors/a.bin", "anchors/b.bin", "videos/c.mp4"]
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="runs/test/anchors/a.bin")
+    assert head["Metadata"]["sha256"] == stored.sha256
+    assert store.get_file("videos/c.mp4", tmp_path / "c.mp4").size == 3
+    assert (tmp_path / "c.mp4").read_bytes() == b"ghi"
+
+    store.delete("anchors/b.bin")
+    store.delete("anchors/b.bin")
+    assert not store.exists("anchors/b.bin") and store.exists("anchors/a.bin")
+    with pytest.raises(ObjectNotFoundError):
+        store.get_bytes("anchors/b.bin")
+
+
+def test_presigned_url_is_fetchable_over_http(s3_bucket: S3Bucket) -> None:
+    store = _open(s3_bucket, prefix="")
+    store.put_bytes("v.mp4", b"video!")
+
+    url = store.presign("v.mp4", expires=60)
+
+    assert url.startswith(s3_bucket.endpoint_url) and "Signature" in url
+    with urlopen(url) as response:
+        assert response.read() == b"video!"
+    assert store.uri("v.mp4") == f"s3://{s3_bucket.name}/v.mp4"
+
+
+def test_endpoint_from_standard_aws_env(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_bucket.endpoint_url)
+    store = open_store(s3_bucket.url("p"))
+
+    store.put_bytes("k", b"v")
+
+    assert _stored_keys(s3_bucket) == ["p/k"]
+
+
+def test_large_object_goes_multipart_and_roundtrips(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _open(s3_bucket, options=SMALL_PARTS)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(12 * MiB))
+
+    stored = store.put_file("details/big.safetensors", source, create_only=True)
+
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="runs/test/details/big.safetensors")
+    assert head["ETag"].strip('"').endswith("-3")  # completed from 3 parts
+    assert head["Metadata"]["sha256"] == stored.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    dest = tmp_path / "back.bin"
+    store.get_file("details/big.safetensors", dest)
+    assert dest.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("size", [1024, 11 * MiB], ids=["single-put", "multipart"])
+def test_create_only_conflict(s3_bucket: S3Bucket, size: int) -> None:
+    store = _open(s3_bucket, options=SMALL_PARTS)
+    original = os.urandom(size)
+    different = original[:-1] + bytes([original[-1] ^ 1])
+    first = store.put_bytes("k", original, create_only=True)
+
+    again = store.put_bytes("k", original, create_only=True)
+    with pytest.raises(ObjectExistsError, match="different content"):
+        store.put_bytes("k", different, create_only=True)
+
+    assert again.sha256 == first.sha256
+    assert store.get_bytes("k") == original
+    assert s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+
+
+def test_move_is_create_only(s3_bucket: S3Bucket) -> None:
+    store = _open(s3_bucket)
+    store.put_bytes("a", b"A")
+    store.put_bytes("b", b"B")
+
+    store.move("a", "quarantine/a")
+    with pytest.raises(ObjectExistsError):
+        store.move("b", "quarantine/a")
+
+    assert sorted(_stored_keys(s3_bucket)) == ["runs/test/b", "runs/test/quarantine/a"]
+    assert store.get_bytes("quarantine/a") == b"A"  # checksum metadata travelled with it
+
+
+def test_tampered_object_is_detected(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _open(s3_bucket)
+    stored = store.put_bytes("k", b"original content")
+    s3_bucket.client.put_object(
+        Bucket=s3_bucket.name, Key="runs/test/k", Body=b"original conten", Metadata={"sha256": stored.sha256}
+    )
+
+    with pytest.raises(CorruptObjectError):
+        store.get_bytes("k")
+    with pytest.raises(CorruptObjectError):
+        store.get_file("k", tmp_path / "k")
+    assert not (tmp_path / "k").exists()
+
+
+def test_object_without_checksum_metadata_is_corrupt(s3_bucket: S3Bucket) -> None:
+    store = _open(s3_bucket)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="runs/test/foreign", Body=b"no checksum")
+
+    with pytest.raises(CorruptObjectError, match="no sha256 metadata"):
+        store.get_bytes("foreign")
+
+
+def test_external_objects_are_read_without_checksum(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.sources import read_source
+
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="inputs/prompts.txt", Body=b"a cat\na dog\n")
+    store = _open(s3_bucket, prefix="inputs")
+
+    assert store.read_external("prompts.txt") == b"a cat\na dog\n"
+    with pytest.raises(ObjectNotFoundError):
+        store.read_external("missing.txt")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_bucket.endpoint_url)
+    assert read_source(f"s3://{s3_bucket.name}/inputs/prompts.txt") == b"a cat\na dog\n"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["s3://", "s3://Bad_Bucket/x", "s3://ab", "s3://bucket/x?versionId=1", "s3://bucket/a/../b", "s3://user@bucket/x"],
+)
+def test_bad_s3_url_fails_on_open(url: str, moto_endpoint: str, aws_env: None) -> None:
+    with pytest.raises(StoreConfigError):
+        open_store(url, s3=S3Options(endpoint_url=moto_endpoint))
+
+
+def test_missing_bucket_fails_on_open(s3_bucket: S3Bucket) -> None:
+    with pytest.raises(StoreConfigError, match="does not exist"):
+        open_store("s3://pw-no-such-bucket/prefix", s3=S3Options(endpoint_url=s3_bucket.endpoint_url))
+
+
+def test_unreachable_endpoint_fails_on_open(aws_env: None) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StoreConfigError, match="cannot reach"):
+        open_store("s3://bucket/x", s3=S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1))
+
+
+class CuttingProxy:
+    """TCP proxy in front of the moto server that simulates the network dying mid-upload.
+
+    After ``cut_after`` request bytes have been forwarded it resets every open connection,
+    and from then on resets each new connection at once, counting them (botocore's retries).
+    """
+
+    def __init__(self, upstream_url: str, cut_after: int) -> None:
+        host, port = upstream_url.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.cut_after = cut_after
+        self.forwarded = 0
+        self.connections_after_cut = 0
+        self.cut = threading.Event()
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+        self._reset_all()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                with self._lock:
+                    self.connections_after_cut += 1
+                _reset(client)
+                continue
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._open += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, dest: socket.socket, is_request: bool) -> None:
+        try:
+            while data := source.recv(64 * 1024):
+                if is_request:
+                    with self._lock:
+                        self.forwarded += len(data)
+                        cut_now = self.forwarded > self.cut_after and not self.cut.is_set()
+                    if cut_now:
+                        self.cut.set()
+                        self._reset_all()
+                        return
+                dest.sendall(data)
+        except OSError:
+            pass
+
+    def _reset_all(self) -> None:
+        with self._lock:
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            _reset(sock)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), as a dropped network path looks to the client."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass
+
+
+def test_network_failure_mid_upload_is_retried_then_reported_without_partial_object(
+    s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    # Fault injected: a TCP proxy between boto3 and moto resets all connections after 7 MiB of a
+    # 12 MiB multipart upload (mid part 2) and keeps resetting new ones -- the network is gone.
+    proxy = CuttingProxy(s3_bucket.endpoint_url, cut_after=7 * MiB)
+    store = open_store(
+        s3_bucket.url("runs"),
+        s3=replace(SMALL_PARTS, endpoint_url=proxy.url, max_attempts=3, max_concurrency=1),
+    )
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(12 * MiB))
+    try:
+        with pytest.raises(
+            StorageError, match=r"S3 upload of s3://.*/runs/video\.mp4 failed \(after up to 3 attempts\)"
+        ):
+            store.put_file("video.mp4", source, create_only=True)
+    finally:
+        proxy.close()
+
+    assert proxy.cut.is_set()
+    assert proxy.connections_after_cut >= 2  # botocore retried over fresh connections
+    assert _stored_keys(s3_bucket) == []  # the incomplete multipart upload is not an object
+    with pytest.raises(ObjectNotFoundError):
+        _open(s3_bucket, prefix="runs").get_bytes("video.mp4")
