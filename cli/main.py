@@ -6,8 +6,10 @@ import os
 
 import typer
 
+from cli.batch import batch_app, cache_app, jobs_app
 from cli.db import db_app
 from cli.render import render
+from cli.train import train_app
 
 # Nothing may reach for a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +24,10 @@ app = typer.Typer(
 )
 app.command()(render)
 app.add_typer(db_app, name="db")
+app.add_typer(train_app, name="train")
+app.add_typer(batch_app, name="batch")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(cache_app, name="cache")
 
 
 @app.callback()

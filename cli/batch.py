@@ -1,0 +1,286 @@
+"""``pixelwizard batch|jobs|cache``: batches through the Prefect flows, and their records."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, fail
+
+batch_app = typer.Typer(help="Render prompt files as tracked, resumable batches.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Single jobs of a batch.", no_args_is_help=True)
+cache_app = typer.Typer(help="The anchor/detail latent and video cache.", no_args_is_help=True)
+console = Console(soft_wrap=True)
+
+Workers = Annotated[int, typer.Option(min=1, help="Render workers (threads here, or GPU-pool runs).")]
+Model = Annotated[Optional[str], typer.Option(help="Model bundle folder (default: the embedded tiny model).")]
+Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Out = Annotated[Optional[Path], typer.Option(help="Also copy finished videos to OUT/<prompt id>.mp4.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _quiet_prefect() -> None:
+    """Prefect reads these at import: keep its INFO logs and telemetry out of the CLI's output."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from pixelwizard.bundle import ModelFolderError
+    from pixelwizard.devices import DeviceError
+    from pixelwizard.presets import PresetError
+    from storage.errors import DatabaseError, StorageError
+
+    return (ModelFolderError, DeviceError, PresetError, DatabaseError, StorageError, ValueError, FileNotFoundError)
+
+
+def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
+    """Run a flow in this process with a progress bar fed from the database; one-line errors."""
+    from cli.progress import quiet_libraries
+
+    quiet_libraries()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(stop, batch_hint), daemon=True)
+    watcher.start()
+    try:
+        return flow_call()
+    except _known_errors() as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _watch(stop: threading.Event, batch_id: int | None) -> None:
+    """Show done/total jobs of the newest (or given) batch until ``stop`` is set."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy import func, select
+
+    from flows import resources
+    from storage.models import Batch, Job, JobStatus
+
+    with Progress(TextColumn("batch {task.fields[batch]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
+                  console=Console(stderr=True)) as progress:
+        task = progress.add_task("starting", total=None, batch="?")
+        while not stop.wait(0.5):
+            try:
+                with resources.database()() as session:
+                    current = batch_id or session.scalar(select(func.max(Batch.id)))
+                    if current is None:
+                        continue
+                    rows = dict(session.execute(
+                        select(Job.status, func.count()).where(Job.batch_id == current).group_by(Job.status)
+                    ).all())
+            except Exception:
+                continue
+            finished = sum(rows.get(s, 0) for s in (JobStatus.done, JobStatus.failed, JobStatus.cancelled))
+            working = ", ".join(f"{n} {s}" for s, n in rows.items() if n and s not in (JobStatus.done,))
+            progress.update(task, total=sum(rows.values()), completed=finished, batch=current,
+                            description=working or "")
+
+
+def _export(report: dict[str, Any], out: Path) -> None:
+    """Copy the batch's finished videos to ``out/<prompt id>.mp4`` (verified, atomic)."""
+    from flows import resources
+
+    out.mkdir(parents=True, exist_ok=True)
+    store = resources.cache().store
+    for item in report["outputs"]:
+        key = item["uri"].rsplit("/videos/", 1)[-1]
+        store.get_file(f"videos/{key}", out / f"{item['prompt_id']}.mp4")
+
+
+def _finish(report: dict[str, Any], as_json: bool, out: Path | None) -> None:
+    if out is not None:
+        _export(report, out)
+    _print_report(report, as_json)
+    status = report["status"]
+    raise typer.Exit(EXIT_OK if status == "done" else EXIT_PARTIAL if status == "partial" else EXIT_FAILURE)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
+    console.print(f"batch {report['batch_id']} [bold]{report['status']}[/]: {counts} "
+                  f"(preset {report['preset']}, source {report['source']})")
+    if "anchors" in report:
+        a = report["anchors"]
+        console.print(f"anchors this run: {a['generated']} generated, {a['cached']} from the cache")
+    stages = Table("stage", "succeeded", "failed", "crashed", "seconds")
+    for stage, entry in report["stages"].items():
+        stages.add_row(stage, *(str(entry.get(k, 0)) for k in ("succeeded", "failed", "crashed")),
+                       f"{entry['seconds']:.1f}")
+    console.print(stages)
+    console.print(f"wall time {report['wall_seconds']:.1f} s")
+    for failure in report["failures"]:
+        console.print(f"[red]failed[/] job {failure['job_id']} ({failure['prompt_id']}): {failure['error']}")
+    for item in report["outputs"]:
+        console.print(f"{item['prompt_id']}: {item['uri']}")
+
+
+@batch_app.command("run")
+def run(
+    file: Annotated[str, typer.Argument(help="Prompt file: a path or an object-store URI (.txt/.jsonl).")],
+    preset: Annotated[str, typer.Option(help="tiny, 2k or 4k.")] = "tiny",
+    workers: Workers = 1,
+    model: Model = None,
+    seed: Annotated[int, typer.Option(help="Base seed for prompts without their own.")] = 0,
+    device: Device = None,
+    out: Out = Path("out"),
+    as_json: AsJson = False,
+) -> None:
+    """Run a batch end to end here: ingest, anchors, render workers, summary."""
+    _quiet_prefect()
+    from flows.batch import nightly_batch
+
+    report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device))
+    _finish(report, as_json, out)
+
+
+@batch_app.command("submit")
+def submit(
+    file: Annotated[str, typer.Argument(help="Prompt file URI the workers can read (s3://... or a shared path).")],
+    preset: Annotated[str, typer.Option(help="tiny, 2k or 4k.")] = "2k",
+    workers: Workers = 1,
+    model: Model = None,
+    seed: int = 0,
+    deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
+) -> None:
+    """Start the batch on the Prefect server's deployment and print the flow run id."""
+    from flows.batch import prefect_api_configured
+
+    if not prefect_api_configured():
+        fail("no Prefect API configured: set PREFECT_API_URL (see README, Deployment)")
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        deployment,
+        parameters={"source": file, "preset": preset, "workers": workers, "model": model, "seed": seed},
+        timeout=0,
+        as_subflow=False,
+    )
+    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment}")
+
+
+@batch_app.command("status")
+def status(batch_id: int, as_json: AsJson = False) -> None:
+    """Counts, stage times, failures and outputs of a batch."""
+    report = _report(batch_id)
+    _print_report(report, as_json)
+
+
+def _report(batch_id: int) -> dict[str, Any]:
+    from flows import resources
+    from flows.summary import batch_report
+    from storage.models import Batch
+
+    try:
+        with resources.database().begin() as session:
+            if session.get(Batch, batch_id) is None:
+                fail(f"no batch {batch_id}")
+            return batch_report(session, batch_id)
+    except _known_errors() as exc:
+        fail(str(exc))
+
+
+@batch_app.command("list")
+def list_batches(as_json: AsJson = False, limit: int = 20) -> None:
+    """The newest batches."""
+    from sqlalchemy import select
+
+    from flows import resources
+    from storage.jobs import refresh_batch
+    from storage.models import Batch
+
+    try:
+        with resources.database().begin() as session:
+            batches = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(limit)).all()
+            rows = [refresh_batch(session, b.id) for b in batches]
+            data = [{"id": b.id, "name": b.name, "preset": b.preset, "status": str(b.status), "jobs": b.jobs_total,
+                     "done": b.jobs_done, "failed": b.jobs_failed, "created": b.created_at.isoformat()} for b in rows]
+    except _known_errors() as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(*data[0].keys()) if data else Table("id")
+    for row in data:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@batch_app.command("resume")
+def resume(
+    batch_id: int, workers: Workers = 1, model: Model = None, device: Device = None, out: Out = Path("out"),
+    as_json: AsJson = False,
+) -> None:
+    """Requeue failed and crashed jobs of a batch and run only what is missing."""
+    _quiet_prefect()
+    from flows.batch import resume_batch
+
+    _report(batch_id)  # fails early on an unknown batch
+    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device), batch_hint=batch_id)
+    _finish(report, as_json, out)
+
+
+@jobs_app.command("retry")
+def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", help="Resume the batch now.")] = True,
+          model: Model = None, device: Device = None) -> None:
+    """Requeue one failed job (and by default resume its batch)."""
+    from flows import resources
+    from storage.jobs import transition
+    from storage.models import Job, JobStatus
+
+    try:
+        with resources.database().begin() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                fail(f"no job {job_id}")
+            if job.status != JobStatus.failed:
+                fail(f"job {job_id} is {job.status}, only failed jobs can be retried")
+            transition(session, job, JobStatus.pending)
+            batch_id = job.batch_id
+    except _known_errors() as exc:
+        fail(str(exc))
+    typer.echo(f"job {job_id} requeued in batch {batch_id}")
+    if run_now:
+        resume(batch_id, 1, model, device, Path("out"), False)
+
+
+@cache_app.command("ls")
+def cache_ls(prefix: Annotated[str, typer.Argument(help="anchors, details, videos or quarantine.")] = "") -> None:
+    """List cached objects with their sizes."""
+    from flows import resources
+
+    store = resources.cache().store
+    total = 0
+    for key in store.list(prefix):
+        size = store.stat(key).size
+        total += size
+        typer.echo(f"{size:>12}  {key}")
+    typer.echo(f"{total:>12}  total")
+
+
+@cache_app.command("gc")
+def cache_gc(
+    older_than_days: Annotated[float, typer.Option("--older-than-days", min=0, help="Age limit.")] = 30.0,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
+) -> None:
+    """Delete cached latents older than the limit that no unfinished job still needs (videos stay)."""
+    from flows.cache_gc import collect_garbage
+
+    removed = collect_garbage(older_than_days, dry_run=dry_run)
+    for key in removed:
+        typer.echo(("would remove " if dry_run else "removed ") + key)
+    typer.echo(f"{len(removed)} object(s) {'to remove' if dry_run else 'removed'}")

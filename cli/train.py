@@ -1,0 +1,300 @@
+"""``pixelwizard train vae|encode|anchor|detail``: the tiny models' trainers (docs/training.md).
+
+Every command starts from a bundle (or ``random``) and writes a complete bundle to ``--out``,
+atomically: a run that fails leaves whatever was at ``--out`` untouched. Settings are checked
+before any work; bad input is one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.errors import fail
+
+train_app = typer.Typer(help="Train the tiny VAE, anchor model and shortcut detail model.", no_args_is_help=True)
+
+Model = Annotated[str, typer.Option(help="Bundle folder to start from, or 'random' (trained-size, fresh weights).")]
+Out = Annotated[Path, typer.Option(help="Bundle folder to write (replaced atomically on success).")]
+Data = Annotated[str, typer.Option(help="'synthetic', or a captions JSON Lines file of real clips.")]
+Latents = Annotated[Path, typer.Option(help="Latent cache written by 'pixelwizard train encode'.")]
+Steps = Annotated[int, typer.Option(help="Optimiser steps.")]
+Batch = Annotated[int, typer.Option(help="Clips per step.")]
+Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
+Beta1 = Annotated[float, typer.Option(help="AdamW beta1 (SPEC.md 7: 0).")]
+Warmup = Annotated[int, typer.Option(help="Linear learning-rate warmup steps.")]
+Ema = Annotated[float, typer.Option(help="EMA decay of the saved weights; 0 = off (SPEC.md 7: 0.99).")]
+Seed = Annotated[int, typer.Option(help="Seed of data order, noise and initial weights.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+MaxSeconds = Annotated[Optional[float], typer.Option(help="Stop after this much wall time.")]
+Report = Annotated[Optional[Path], typer.Option(help="Write the loss history and settings here (JSON).")]
+Shift = Annotated[float, typer.Option(help="Sigma shift of the training timestep grid.")]
+Dropout = Annotated[float, typer.Option(help="CFG dropout probability (empty prompt and zero anchor).")]
+Checkpointing = Annotated[bool, typer.Option(help="Gradient checkpointing in the transformer blocks.")]
+
+
+def _setup(device: str):
+    """Checked device, quiet libraries, and torch.distributed when launched by torchrun."""
+    from cli.progress import quiet_libraries
+    from pixelwizard.devices import DeviceError, resolve_device
+
+    try:
+        target = resolve_device(device)
+    except DeviceError as exc:
+        fail(str(exc))
+    quiet_libraries()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import torch.distributed as dist
+
+        if target.startswith("cuda"):
+            target = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(target)
+        dist.init_process_group("nccl" if target.startswith("cuda") else "gloo")
+    return target
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _config(**values):
+    from pixelwizard.training.config import ConfigError, ShortcutConfig, TrainConfig
+
+    shortcut = values.pop("shortcut", None)
+    try:
+        return TrainConfig(**values, shortcut=shortcut or ShortcutConfig()).validate()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _open(model: str, device: str, seed: int):
+    from pixelwizard.bundle import ModelFolderError
+    from pixelwizard.training.checkpoints import open_training_pipeline
+
+    try:
+        return open_training_pipeline(model, device, seed)
+    except ModelFolderError as exc:
+        fail(str(exc))
+
+
+def _cache(path: Path, device: str):
+    from pixelwizard.training.latents import LatentCache
+
+    if not path.is_file():
+        fail(f"latent cache {path} does not exist (make one with 'pixelwizard train encode')")
+    return LatentCache.load(path).to(device)
+
+
+def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
+    from pixelwizard.training.checkpoints import write_bundle
+
+    if not _is_main():
+        return
+    write_bundle(pipe, out)
+    typer.echo(f"wrote {out} after {result.steps} steps in {result.seconds:.1f} s")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        body = {"steps": result.steps, "seconds": round(result.seconds, 2), "settings": settings, "history": result.history}
+        report.write_text(json.dumps(body, indent=1, default=str))
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        fail(f"bad size {text!r}; use HEIGHTxWIDTH, e.g. 128x256")
+    return height, width
+
+
+def _dataset(data: str, frames: int, width: int, height: int, size: int, seed: int):
+    from pixelwizard.training.datasets import DatasetError, open_dataset
+
+    try:
+        return open_dataset(data, frames=frames, width=width, height=height, size=size, seed=seed)
+    except DatasetError as exc:
+        fail(str(exc))
+
+
+@train_app.command("vae")
+def train_vae_command(
+    out: Out,
+    model: Model = "random",
+    data: Data = "synthetic",
+    clips: Annotated[int, typer.Option(help="Distinct synthetic clips.")] = 100_000,
+    frames: Annotated[int, typer.Option(help="Frames per training clip (4k+1).")] = 9,
+    width: Annotated[int, typer.Option(help="Clip width before cropping.")] = 448,
+    height: Annotated[int, typer.Option(help="Clip height before cropping.")] = 256,
+    crop: Annotated[str, typer.Option(help="Random crop HEIGHTxWIDTH.")] = "128x256",
+    kl_weight: Annotated[float, typer.Option(help="KL weight.")] = 1e-4,
+    edge_weight: Annotated[float, typer.Option(help="Weight of the image-gradient L1.")] = 0.5,
+    stats_clips: Annotated[int, typer.Option(help="Clips used to measure the latent mean/std.")] = 32,
+    steps: Steps = 1000,
+    batch_size: Batch = 8,
+    lr: Lr = 3e-4,
+    beta1: Beta1 = 0.9,
+    warmup: Warmup = 100,
+    seed: Seed = 0,
+    device: Device = "auto",
+    max_seconds: MaxSeconds = None,
+    report: Report = None,
+) -> None:
+    """Train the VAE to reconstruct clips, then store its latent mean/std in its config."""
+    from pixelwizard.training.config import ConfigError, VaeLossConfig
+
+    settings = dict(locals())
+    target = _setup(device)
+    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup, seed=seed,
+                  max_seconds=max_seconds)
+    try:
+        loss_cfg = VaeLossConfig(kl_weight=kl_weight, edge_weight=edge_weight, crop=_parse_size(crop)).validate()
+    except ConfigError as exc:
+        fail(str(exc))
+    if stats_clips < 1:
+        fail(f"stats clips must be at least 1, got {stats_clips}")
+    source = _dataset(data, frames, width, height, clips, seed)
+    pipe = _open(model, target, seed)
+
+    from pixelwizard.training.latents import set_latent_stats
+    from pixelwizard.training.trainer import train_vae
+
+    result = train_vae(pipe.vae, source, cfg, loss_cfg, typer.echo)
+    set_latent_stats(pipe.vae, source.clips(list(range(min(stats_clips, len(source)))), target))
+    _finish(pipe, out, result, report, settings)
+
+
+@train_app.command("encode")
+def encode_command(
+    model: Annotated[str, typer.Option(help="Bundle whose VAE and text encoder encode the clips.")],
+    out: Annotated[Path, typer.Option(help="Latent cache file to write.")],
+    data: Data = "synthetic",
+    clips: Annotated[int, typer.Option(help="Clips to encode (synthetic: how many; real: all if larger).")] = 4096,
+    preset: Annotated[str, typer.Option(help="Preset fixing frames, anchor and detail sizes.")] = "tiny",
+    frames: Annotated[Optional[int], typer.Option(help="Frame count, 4k+1 (preset default).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Detail width (preset default).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Detail height (preset default).")] = None,
+    anchor_width: Annotated[Optional[int], typer.Option(help="Anchor width (preset default).")] = None,
+    anchor_height: Annotated[Optional[int], typer.Option(help="Anchor height (preset default).")] = None,
+    seed: Seed = 0,
+    batch_size: Batch = 16,
+    device: Device = "auto",
+) -> None:
+    """Encode clips once into detail latents, anchor latents, synthesised anchors and prompt embeddings."""
+    from pixelwizard.presets import PresetError, get_preset
+
+    try:
+        chosen = get_preset(preset).with_overrides(
+            num_frames=frames, detail_width=width, detail_height=height, anchor_width=anchor_width,
+            anchor_height=anchor_height,
+        )
+    except PresetError as exc:
+        fail(str(exc))
+    if clips < 1 or batch_size < 1:
+        fail("clips and batch size must be at least 1")
+    target = _setup(device)
+    source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
+    pipe = _open(model, target, seed)
+
+    from pixelwizard.training.degrade import scaled_degradation
+    from pixelwizard.training.latents import build_latent_cache
+
+    count = clips if data == "synthetic" else min(clips, len(source))
+    cache = build_latent_cache(
+        pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),
+        degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width), seed=seed, batch=batch_size,
+    )
+    cache.save(out)
+    typer.echo(f"wrote {out}: {len(cache)} clips")
+
+
+@train_app.command("anchor")
+def train_anchor_command(
+    model: Model,
+    latents: Latents,
+    out: Out,
+    steps: Steps = 1000,
+    batch_size: Batch = 32,
+    lr: Lr = 3e-4,
+    beta1: Beta1 = 0.9,
+    warmup: Warmup = 100,
+    ema: Ema = 0.0,
+    shift: Shift = 5.0,
+    cfg_dropout: Dropout = 0.1,
+    gradient_checkpointing: Checkpointing = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    max_seconds: MaxSeconds = None,
+    report: Report = None,
+) -> None:
+    """Train the anchor (base) model with plain flow matching on anchor-size latents."""
+    settings = dict(locals())
+    target = _setup(device)
+    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup, ema=ema,
+                  shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
+                  max_seconds=max_seconds)
+    cache = _cache(latents, target)
+    pipe = _open(model, target, seed)
+
+    from pixelwizard.training.trainer import train_anchor
+
+    result = train_anchor(pipe.transformer, cache, cfg, typer.echo)
+    _finish(pipe, out, result, report, settings)
+
+
+def _starts(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        fail(f"bad start timesteps {text!r}; use comma-separated numbers, e.g. 500,600,700,800")
+
+
+@train_app.command("detail")
+def train_detail_command(
+    model: Model,
+    latents: Latents,
+    out: Out,
+    sc_prob: Annotated[float, typer.Option(help="Share of self-consistency iterations; 0 = flow matching only.")] = 0.3,
+    sc_starts: Annotated[str, typer.Option(help="Start timesteps T of self-consistency steps.")] = "500,600,700,800",
+    dt_levels: Annotated[int, typer.Option(help="Step-size candidates k = 0..levels-1.")] = 6,
+    lam: Annotated[float, typer.Option(help="Lambda of P(k) ~ exp(-lambda k).")] = 0.7,
+    k_sampling: Annotated[str, typer.Option(help="exponential or uniform (ablation).")] = "exponential",
+    dt_grid: Annotated[str, typer.Option(help="aligned (noise-span) or fixed (ablation).")] = "aligned",
+    calibration: Annotated[bool, typer.Option(help="Adaptive noise-span calibration weight.")] = True,
+    adapter_only: Annotated[bool, typer.Option(help="Train only the anchor injector and dt embedding.")] = False,
+    steps: Steps = 1000,
+    batch_size: Batch = 16,
+    lr: Lr = 2e-4,
+    beta1: Beta1 = 0.0,
+    warmup: Warmup = 0,
+    ema: Ema = 0.0,
+    shift: Shift = 5.0,
+    cfg_dropout: Dropout = 0.1,
+    gradient_checkpointing: Checkpointing = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    max_seconds: MaxSeconds = None,
+    report: Report = None,
+) -> None:
+    """Train the detail model: flow matching mixed with shortcut self-consistency (SPEC.md 7)."""
+    from pixelwizard.training.config import ShortcutConfig
+
+    settings = dict(locals())
+    target = _setup(device)
+    shortcut = ShortcutConfig(sc_prob=sc_prob, starts=_starts(sc_starts), levels=dt_levels, lam=lam,
+                              k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)
+    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup, ema=ema,
+                  shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing,
+                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut)
+    cache = _cache(latents, target)
+    pipe = _open(model, target, seed)
+
+    from pixelwizard.training.trainer import train_detail
+
+    result = train_detail(pipe.detail_transformer, cache, cfg, typer.echo)
+    _finish(pipe, out, result, report, settings)

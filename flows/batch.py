@@ -1,0 +1,178 @@
+"""The batch flows: ingest, anchors, render worker, nightly batch, resume.
+
+Workers loop claim -> stage -> claim under leases, so any number of them (threads here,
+processes or nodes through a Prefect work pool) share one batch and each job is rendered once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prefect import flow, task
+from sqlalchemy import func, select
+
+from flows import resources
+from flows.stage_runner import give_up_stage
+from flows.summary import batch_report
+from flows.tasks import anchor_job, render_job
+from storage.jobs import claim_next_job
+from storage.models import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+RENDER_DEPLOYMENT = "render-worker/render-worker"
+
+
+def _drain(
+    batch_id: int,
+    worker: str,
+    ready: Iterable[JobStatus],
+    working: Iterable[JobStatus],
+    process: Callable[[int], Any],
+) -> list[Any]:
+    """Claim and process jobs until none is ready and no other worker still holds one."""
+    factory, settings = resources.database(), resources.worker_settings()
+    ready, working = list(ready), list(working)
+    results = []
+    while True:
+        job = claim_next_job(factory, batch_id, worker, settings.lease_seconds, ready)
+        if job is None:
+            with factory() as session:
+                busy = session.scalar(
+                    select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status.in_(working))
+                )
+            if not busy:
+                return results
+            time.sleep(settings.poll_seconds)  # another worker's job: wait for it to finish or expire
+            continue
+        try:
+            results.append(process(job.id))
+        except Exception as exc:
+            give_up_stage(factory, job.id, worker, exc, settings.max_attempts)
+
+
+@flow(name="ingest")
+def ingest(
+    source: str,
+    preset: str = "tiny",
+    model: str | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """Read and validate a prompt file (path or object-store URI), then create its batch and jobs.
+
+    Idempotent: the same file, preset, model, seed and overrides give back the same batch.
+    """
+    from flows.ingestion import create_batch_from_source
+
+    return create_batch_from_source(source, preset, model, seed, name, overrides or {})
+
+
+@flow(name="anchors")
+def anchors(batch_id: int, model: str | None = None, device: str | None = None) -> dict[str, int]:
+    """Anchor every pending job of the batch, from the cache or generated; returns the counts."""
+    worker = resources.worker_name("anchors")
+    results = _drain(
+        batch_id, worker, [JobStatus.pending], [JobStatus.anchoring],
+        lambda job_id: anchor_job(job_id, worker, model, device),
+    )
+    return {"generated": sum(results), "cached": len(results) - sum(results)}
+
+
+def _render_loop(batch_id: int, model: str | None, device: str | None, label: str) -> int:
+    worker = resources.worker_name(f"render-{label}")
+    return len(
+        _drain(
+            batch_id, worker, [JobStatus.anchored, JobStatus.rendered], [JobStatus.rendering, JobStatus.encoding],
+            lambda job_id: render_job(job_id, worker, model, device),
+        )
+    )
+
+
+@flow(name="render-worker")
+def render_worker(batch_id: int, model: str | None = None, device: str | None = None, label: str = "0") -> int:
+    """Load the model once, then render claimed jobs until the batch has none left; returns the count."""
+    resources.pipeline(model, device)
+    return _render_loop(batch_id, model, device, label)
+
+
+render_worker_task = task(name="render-worker-in-process")(_render_loop)
+
+
+def prefect_api_configured() -> bool:
+    """Whether flows talk to a Prefect server (deployments exist) rather than the ephemeral one."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
+    """Run ``workers`` render workers: deployments on the GPU pool (worker i on GPU i mod
+    ``gpus``), or threads in this process when no Prefect API is configured."""
+    if prefect_api_configured():
+        from prefect.deployments import run_deployment
+        from prefect.runtime import flow_run
+
+        def submit(i: int):
+            return run_deployment(
+                RENDER_DEPLOYMENT,
+                parameters={"batch_id": batch_id, "model": model, "label": str(i)},
+                idempotency_key=f"{flow_run.id}-render-{i}",
+                job_variables={"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}},
+                timeout=None,
+            )
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            runs = list(pool.map(submit, range(workers)))
+        bad = [r.name for r in runs if not r.state or not r.state.is_completed()]
+        if bad:
+            log.error("render worker runs did not complete: %s", ", ".join(bad))
+        return
+    resources.pipeline(model, device)  # load once, before the threads share it
+    futures = [render_worker_task.submit(batch_id, model, device, str(i)) for i in range(workers)]
+    for future in futures:
+        future.result()
+
+
+@flow(name="nightly-batch")
+def nightly_batch(
+    source: str,
+    preset: str = "tiny",
+    workers: int = 1,
+    model: str | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    name: str | None = None,
+    gpus: int = 1,
+) -> dict[str, Any]:
+    """Ingest -> anchors -> N render workers -> summary. Failed jobs leave the batch ``partial``."""
+    batch_id = ingest(source, preset, model, seed, name)
+    anchor_counts = anchors(batch_id, model, device)
+    _fan_out(batch_id, workers, gpus, model, device)
+    return _summary(batch_id, anchor_counts)
+
+
+@flow(name="resume-batch")
+def resume_batch(
+    batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1
+) -> dict[str, Any]:
+    """Requeue failed and expired jobs, then run only the stages they are missing."""
+    from storage.jobs import requeue_expired, requeue_failed
+
+    with resources.database().begin() as session:
+        requeued = requeue_failed(session, batch_id) + requeue_expired(session, batch_id)
+    log.info("batch %s: %d job(s) requeued", batch_id, requeued)
+    anchor_counts = anchors(batch_id, model, device)
+    _fan_out(batch_id, workers, gpus, model, device)
+    return _summary(batch_id, anchor_counts)
+
+
+def _summary(batch_id: int, anchor_counts: dict[str, int]) -> dict[str, Any]:
+    with resources.database().begin() as session:
+        report = batch_report(session, batch_id)
+    return {**report, "anchors": anchor_counts}

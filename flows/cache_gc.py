@@ -1,0 +1,42 @@
+"""Garbage collection of cached latents: old entries that no unfinished job still needs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from flows import resources
+from storage.enums import TERMINAL_STATUSES
+from storage.models import Artifact, Job
+
+LATENT_PREFIXES = ("anchors/", "details/")
+
+
+def collect_garbage(older_than_days: float, *, dry_run: bool = False) -> list[str]:
+    """Remove (or with ``dry_run`` only list) latent entries older than the limit; returns their keys.
+
+    Videos are outputs and are never collected; entries referenced by a job that is not yet
+    finished are kept whatever their age, so a resume never loses work.
+    """
+    store = resources.cache().store
+    with resources.database()() as session:
+        needed = set(
+            session.scalars(
+                select(Artifact.uri).join(Job, Job.id == Artifact.job_id).where(Job.status.not_in(TERMINAL_STATUSES))
+            )
+        )
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    removed: list[str] = []
+    for prefix in LATENT_PREFIXES:
+        for record_key in [k for k in store.list(prefix) if k.endswith(".json")]:
+            record = json.loads(store.get_bytes(record_key))
+            payload_key = record["object"]["key"]
+            if datetime.fromisoformat(record["created_at"]) >= cutoff or store.uri(payload_key) in needed:
+                continue
+            if not dry_run:
+                store.delete(payload_key)
+                store.delete(record_key)
+            removed += [payload_key, record_key]
+    return removed

@@ -1,0 +1,58 @@
+"""Turning a prompt file into a batch and its jobs, once: the same input gives the same batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from flows import resources
+from pixelwizard.presets import get_preset
+from pixelwizard.prompts import PromptFileError, parse_prompts
+from storage.jobs import JobSpec, add_jobs, ensure_batch
+from storage.sources import read_source
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl"}
+
+
+def create_batch_from_source(
+    source: str, preset: str, model: str | None, seed: int, name: str | None, overrides: dict[str, Any]
+) -> int:
+    """Validate everything first (prompts, preset, model), then write the batch and jobs in one transaction."""
+    suffix = PurePosixPath(source.split("?", 1)[0]).suffix.lower()
+    if suffix not in FORMATS:
+        raise PromptFileError(f"{source}: unknown prompt file type {suffix or '(none)'}; use .txt or .jsonl")
+    data = read_source(source)
+    specs = parse_prompts(data, source, FORMATS[suffix])
+    get_preset(preset).with_overrides(**overrides)
+    revision = resources.revision(model)
+    identity = {
+        "content": hashlib.sha256(data).hexdigest(),
+        "preset": preset,
+        "model_revision": revision,
+        "seed": seed,
+        "overrides": overrides,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    with resources.database().begin() as session:
+        batch = ensure_batch(
+            session, idempotency_key=key, name=name or PurePosixPath(source).stem, source=source, preset=preset
+        )
+        add_jobs(
+            session,
+            batch.id,
+            [
+                JobSpec(
+                    prompt_id=spec.id,
+                    prompt=spec.prompt,
+                    seed=seed if spec.seed is None else spec.seed,
+                    preset=preset,
+                    model_revision=revision,
+                    negative_prompt=spec.negative_prompt or "",
+                    parameters=overrides,
+                )
+                for spec in specs
+            ],
+        )
+        return batch.id

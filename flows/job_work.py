@@ -1,0 +1,122 @@
+"""The work of each stage for one job: what it computes, under which cache key.
+
+Everything a job renders is fixed by its row (prompt, seed, preset, parameters, model
+revision), so cache keys derive from the row and a retried or resumed stage finds the work a
+previous attempt already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pixelwizard.presets import Preset, get_preset
+from pixelwizard.seeds import StageSeeds, stage_seeds
+from storage.latent_cache import LatentCache, anchor_cache_key, artifact_key
+from storage.models import ArtifactKind, Job
+from storage.object_store import StoredObject
+
+log = logging.getLogger(__name__)
+
+SOLVER = "unipc"
+CODEC = "h264"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A job's preset, stage seeds and the cache keys of its three artifacts."""
+
+    preset: Preset
+    seeds: StageSeeds
+    anchor_key: str
+    detail_key: str
+    video_key: str
+    anchor_params: dict[str, Any]
+
+
+def plan_job(job: Job, dtype: str) -> JobPlan:
+    """Derive the preset (with the job's overrides), seeds and cache keys from the job row."""
+    preset = get_preset(job.preset).with_overrides(**(job.parameters or {}))
+    seeds = stage_seeds(job.seed, job.prompt_id)
+    anchor_params = {
+        "model_revision": job.model_revision,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt or "",
+        "seed": seeds.anchor,
+        "anchor_width": preset.anchor_width,
+        "anchor_height": preset.anchor_height,
+        "num_frames": preset.num_frames,
+        "steps": preset.anchor_steps,
+        "shift": preset.anchor_shift,
+        "guidance_scale": preset.anchor_guidance,
+        "sampler": SOLVER,
+        "dtype": dtype,
+    }
+    anchor_key = anchor_cache_key(anchor_params)
+    detail_key = artifact_key(
+        ArtifactKind.detail_latent,
+        {
+            "anchor": anchor_key,
+            "seed": seeds.detail,
+            "width": preset.detail_width,
+            "height": preset.detail_height,
+            "steps": preset.detail_steps,
+            "shift": preset.detail_shift,
+            "guidance_scale": preset.detail_guidance,
+            "sampler": SOLVER,
+        },
+    )
+    video_key = artifact_key(
+        ArtifactKind.video, {"detail": detail_key, "codec": CODEC, "fps": preset.fps, "chunks": preset.decode_chunks}
+    )
+    return JobPlan(preset, seeds, anchor_key, detail_key, video_key, anchor_params)
+
+
+def _record(job: Job, plan: JobPlan) -> dict[str, Any]:
+    return {"prompt_id": job.prompt_id, "prompt": job.prompt, "model_revision": job.model_revision,
+            "preset": asdict(plan.preset)}
+
+
+def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> tuple[StoredObject, bool]:
+    """The job's anchor latent from the cache, or generated and stored; (object, was_generated)."""
+    hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
+    if hit is not None:
+        return cache.store.stat(f"anchors/{plan.anchor_key}.safetensors"), False
+    latent = pipe.generate_anchor(
+        job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER
+    )
+    stored = cache.put(ArtifactKind.anchor_latent, plan.anchor_key, {"latent": latent},
+                       {**_record(job, plan), "parameters": plan.anchor_params})
+    return stored, True
+
+
+def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
+    """The detail latent, rendered from the cached anchor (regenerated if the cache lost it)."""
+    hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
+    if hit is None:
+        log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
+        anchor(pipe, cache, job, plan)
+        hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
+    latent = pipe.render_detail(
+        hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
+        negative_prompt=job.negative_prompt or None, solver=SOLVER,
+    )
+    return cache.put(ArtifactKind.detail_latent, plan.detail_key, {"latent": latent}, _record(job, plan))
+
+
+def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
+    """Decode the cached detail latent and store the MP4 (re-rendering the latent if it was lost)."""
+    from pixelwizard.video import encode_video
+
+    hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
+    if hit is None:
+        log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)
+        detail(pipe, cache, job, plan)
+        hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
+    frames = pipe.decode(hit[0]["latent"], chunks=plan.preset.decode_chunks)
+    with tempfile.TemporaryDirectory(prefix="pixelwizard-video-") as tmp:
+        path = encode_video(iter(frames.numpy()), Path(tmp) / f"{job.prompt_id}.mp4", fps=plan.preset.fps, codec=CODEC)
+        return cache.put_video(plan.video_key, path, _record(job, plan))

@@ -1,0 +1,91 @@
+"""Per-process resources that flows share: the model (loaded once), the store, the database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+LEASE_SECONDS_ENV = "PIXELWIZARD_LEASE_SECONDS"
+MAX_ATTEMPTS_ENV = "PIXELWIZARD_MAX_ATTEMPTS"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How long a lease lasts, how often it is renewed, and how many tries a stage gets."""
+
+    lease_seconds: float
+    max_attempts: int
+    poll_seconds: float = 1.0
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.2, self.lease_seconds / 4)
+
+
+def worker_settings() -> WorkerSettings:
+    """Settings from ``$PIXELWIZARD_LEASE_SECONDS`` (default 120) and ``$PIXELWIZARD_MAX_ATTEMPTS`` (3)."""
+    lease = float(os.environ.get(LEASE_SECONDS_ENV, "120"))
+    attempts = int(os.environ.get(MAX_ATTEMPTS_ENV, "3"))
+    if lease <= 0 or attempts < 1:
+        raise ValueError(f"{LEASE_SECONDS_ENV} must be > 0 and {MAX_ATTEMPTS_ENV} >= 1")
+    return WorkerSettings(lease_seconds=lease, max_attempts=attempts)
+
+
+def worker_name(label: str) -> str:
+    """A worker id unique across hosts, processes and threads: host:pid:thread:label."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}:{label}"
+
+
+@lru_cache(maxsize=None)
+def database(url: str | None = None):
+    """The session factory of the run database (schema upgraded on first use)."""
+    from storage.database import open_database
+
+    return open_database(url)
+
+
+@lru_cache(maxsize=None)
+def cache(url: str | None = None):
+    """The latent/video cache over the object store at ``url`` (default from settings)."""
+    from storage.latent_cache import LatentCache
+    from storage.object_store import open_store
+
+    return LatentCache(open_store(url))
+
+
+_pipeline_lock = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _load(model: str, device: str):
+    from pixelwizard.bundle import load_bundle
+
+    return load_bundle(model, device=device)
+
+
+def model_path(model: str | None) -> str:
+    """The bundle folder: ``model`` or the embedded default."""
+    if model:
+        return model
+    from pixelwizard.default_model import default_model_path
+
+    return str(default_model_path())
+
+
+def pipeline(model: str | None, device: str | None = None):
+    """The PixelWizardPipeline for ``model``, loaded once per process and device."""
+    from pixelwizard.devices import resolve_device
+
+    with _pipeline_lock:
+        return _load(model_path(model), resolve_device(device))
+
+
+@lru_cache(maxsize=None)
+def revision(model: str | None) -> str:
+    """Content revision of the model bundle (what cache keys and jobs record)."""
+    from pixelwizard.bundle import bundle_revision
+
+    return bundle_revision(model_path(model))

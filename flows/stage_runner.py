@@ -1,0 +1,144 @@
+"""Running one stage of one job under a lease: attempt rows, heartbeats, retries, giving up.
+
+A stage moves a job from a ready status to the working status, does the work while a
+background thread renews the lease, records the artifact, and moves the job on. A failed stage
+falls back to its ready status for another try, until the job has failed that stage
+``max_attempts`` times (crashes included); then the job is failed with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.enums import EXPIRED_LEASE_FALLBACK, TERMINAL_STATUSES
+from storage.errors import StaleJobError
+from storage.jobs import finish_attempt, heartbeat, record_artifact, release, start_attempt, transition
+from storage.models import ArtifactKind, Attempt, AttemptOutcome, Job, JobStatus
+from storage.object_store import StoredObject
+
+log = logging.getLogger(__name__)
+
+# working status -> (status before it, status after it, artifact it produces)
+STAGES: dict[JobStatus, tuple[JobStatus, JobStatus, ArtifactKind]] = {
+    JobStatus.anchoring: (JobStatus.pending, JobStatus.anchored, ArtifactKind.anchor_latent),
+    JobStatus.rendering: (JobStatus.anchored, JobStatus.rendered, ArtifactKind.detail_latent),
+    JobStatus.encoding: (JobStatus.rendered, JobStatus.done, ArtifactKind.video),
+}
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` for the job's last_error and attempt rows."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:2000]
+
+
+class LeaseKeeper:
+    """Renews a job's lease every ``interval`` seconds in a daemon thread while work runs."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: int, worker: str, lease: float, interval: float):
+        self._args = (factory, job_id, worker, lease)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+        self.lost = False
+
+    def _run(self) -> None:
+        factory, job_id, worker, lease = self._args
+        while not self._stop.wait(self._interval):
+            try:
+                with factory.begin() as session:
+                    heartbeat(session, session.get(Job, job_id), worker, lease)
+            except StaleJobError:
+                self.lost = True
+                log.warning("worker %s lost its lease on job %s", worker, job_id)
+                return
+            except Exception as exc:  # a database blip: keep trying until the lease runs out
+                log.warning("heartbeat for job %s failed: %s", job_id, one_line(exc))
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_stage(
+    factory: sessionmaker[Session],
+    job_id: int,
+    worker: str,
+    stage: JobStatus,
+    work: Callable[[Job], StoredObject],
+    *,
+    lease_seconds: float,
+    heartbeat_seconds: float,
+    keep_lease: bool = False,
+) -> StoredObject:
+    """Do ``stage`` of a job leased to ``worker``; the job ends in the stage's next status.
+
+    The lease is released afterwards (so any worker can take the next stage) unless
+    ``keep_lease``, for a worker that goes straight on to the next stage itself.
+    Re-entrant: a job already in ``stage`` under this worker's lease (a task retry) restarts
+    the stage. Exceptions from ``work`` propagate after the attempt is recorded as failed.
+    """
+    _, after, kind = STAGES[stage]
+    with factory.begin() as session:
+        job = session.get(Job, job_id)
+        if not (job.status == stage and job.lease_owner == worker):
+            transition(session, job, stage, worker=worker)
+        attempt = start_attempt(session, job, stage, worker)
+    try:
+        with LeaseKeeper(factory, job_id, worker, lease_seconds, heartbeat_seconds) as keeper:
+            stored = work(job)
+        if keeper.lost:
+            raise StaleJobError(f"job {job_id}: lease lost during {stage}")
+    except BaseException as exc:
+        with factory.begin() as session:
+            finish_attempt(session, attempt, AttemptOutcome.failed, error=one_line(exc))
+        raise
+    with factory.begin() as session:
+        job = session.get(Job, job_id)
+        record_artifact(session, job_id, kind, stored)
+        transition(session, job, after, worker=worker)
+        finish_attempt(session, attempt, AttemptOutcome.succeeded)
+        if not keep_lease and after not in TERMINAL_STATUSES:
+            release(session, job, worker)
+    return stored
+
+
+def failed_attempts(session: Session, job_id: int, stage: JobStatus) -> int:
+    """How many tries at ``stage`` failed or crashed."""
+    return session.scalar(
+        select(func.count()).select_from(Attempt).where(
+            Attempt.job_id == job_id,
+            Attempt.stage == stage,
+            Attempt.outcome.in_([AttemptOutcome.failed, AttemptOutcome.crashed]),
+        )
+    )
+
+
+def give_up_stage(
+    factory: sessionmaker[Session], job_id: int, worker: str, error: BaseException, max_attempts: int
+) -> JobStatus:
+    """After a stage failed for good in this worker: retry later, or fail the job at the limit."""
+    with factory.begin() as session:
+        job = session.get(Job, job_id)
+        stage = JobStatus(job.status)
+        if stage not in STAGES or job.lease_owner != worker:
+            return stage  # the lease went to someone else meanwhile; nothing of ours to undo
+        message = one_line(error)
+        if failed_attempts(session, job_id, stage) >= max_attempts:
+            transition(session, job, JobStatus.failed, worker=worker, error=message)
+            log.error("job %s failed %s %d times; giving up: %s", job_id, stage, max_attempts, message)
+            return JobStatus.failed
+        transition(session, job, EXPIRED_LEASE_FALLBACK[stage], worker=worker, error=message)
+        release(session, job, worker)
+        return EXPIRED_LEASE_FALLBACK[stage]
+
