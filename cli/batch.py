@@ -139,13 +139,36 @@ def run(
     device: Device = None,
     out: Out = Path("out"),
     as_json: AsJson = False,
+    override: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Preset field override, e.g. --set detail_steps=8.")
+    ] = None,
 ) -> None:
     """Run a batch end to end here: ingest, anchors, render workers, summary."""
     _quiet_prefect()
     from flows.batch import nightly_batch
 
-    report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device))
+    overrides = _parse_overrides(override or [])
+    report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides))
     _finish(report, as_json, out)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``field=value`` pairs into preset overrides (numbers parsed), one-line errors otherwise."""
+    from dataclasses import fields
+
+    from pixelwizard.presets import Preset
+
+    types = {f.name: f.type for f in fields(Preset) if f.name != "name"}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            fail(f"bad --set {item!r}: use FIELD=VALUE with FIELD one of {', '.join(types)}")
+        try:
+            overrides[key] = float(value) if types[key] in ("float", float) else int(value)
+        except ValueError:
+            fail(f"bad --set {item!r}: {value!r} is not a number")
+    return overrides
 
 
 @batch_app.command("submit")

@@ -111,10 +111,25 @@ def prefect_api_configured() -> bool:
     return bool(get_current_settings().api.url)
 
 
+def render_deployment_exists() -> bool:
+    """Whether the API knows the render-worker deployment (so the GPU pool can take the work)."""
+    if not prefect_api_configured():
+        return False
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(RENDER_DEPLOYMENT)
+        except ObjectNotFound:
+            return False
+    return True
+
+
 def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
-    """Run ``workers`` render workers: deployments on the GPU pool (worker i on GPU i mod
-    ``gpus``), or threads in this process when no Prefect API is configured."""
-    if prefect_api_configured():
+    """Run ``workers`` render workers: runs of the render-worker deployment on the GPU pool
+    (worker i on GPU i mod ``gpus``) when the Prefect API has it, else threads in this process."""
+    if render_deployment_exists():
         from prefect.deployments import run_deployment
         from prefect.runtime import flow_run
 
@@ -149,9 +164,13 @@ def nightly_batch(
     device: str | None = None,
     name: str | None = None,
     gpus: int = 1,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Ingest -> anchors -> N render workers -> summary. Failed jobs leave the batch ``partial``."""
-    batch_id = ingest(source, preset, model, seed, name)
+    """Ingest -> anchors -> N render workers -> summary. Failed jobs leave the batch ``partial``.
+
+    ``overrides`` replace preset fields for every job (e.g. ``{"detail_steps": 8}``).
+    """
+    batch_id = ingest(source, preset, model, seed, name, overrides)
     anchor_counts = anchors(batch_id, model, device)
     _fan_out(batch_id, workers, gpus, model, device)
     return _summary(batch_id, anchor_counts)

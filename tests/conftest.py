@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
+
+# Prefect reads its settings at import: isolate its home (database, profiles) and keep it quiet
+# before any test module imports it.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pixelwizard-test-prefect-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 PG_ADMIN_URL = os.environ.get("PIXELWIZARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_START_WAIT_S = 20

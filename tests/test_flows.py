@@ -1,0 +1,225 @@
+"""Batch flows with real Prefect (one ephemeral server for the module), real processes and signals.
+
+Renders use a tiny random model and small preset overrides so a job takes a second or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from sqlalchemy import func, select
+
+from flows import job_work, resources
+from flows.batch import anchors, ingest, nightly_batch, resume_batch
+from pixelwizard.default_model import build_tiny_pipeline, save_bundle_atomically
+from pixelwizard.video import read_video
+from storage.database import open_database
+from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Batch, Job, JobStatus
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"num_frames": 5, "anchor_width": 64, "anchor_height": 32, "anchor_steps": 3,
+         "detail_width": 128, "detail_height": 64}
+PROMPTS = [
+    "a red circle moves right",
+    "a blue square bounces",
+    "a green triangle spins",
+    "a yellow star orbits the center",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return str(save_bundle_atomically(build_tiny_pipeline(seed=3), tmp_path_factory.mktemp("model") / "tiny"))
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, request):
+    """A fresh data directory and database for the flows of this test (SQLite unless asked)."""
+    url = request.getfixturevalue("pg_url") if "postgres" in request.keywords else f"sqlite:///{tmp_path}/pw.db"
+    monkeypatch.setenv("PIXELWIZARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIXELWIZARD_DATABASE_URL", url)
+    monkeypatch.setenv("PIXELWIZARD_LEASE_SECONDS", "5")
+    for cached in (resources.database, resources.cache):
+        cached.cache_clear()
+    yield {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for cached in (resources.database, resources.cache):
+        cached.cache_clear()
+
+
+def write_prompts(path: Path, prompts=PROMPTS) -> Path:
+    path.write_text("".join(f"{p}\n" for p in prompts))
+    return path
+
+
+def jobs_of(batch_id: int) -> list[Job]:
+    with resources.database()() as session:
+        return session.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.id)).all()
+
+
+def attempts_of(batch_id: int) -> list[Attempt]:
+    with resources.database()() as session:
+        return session.scalars(
+            select(Attempt).join(Job, Job.id == Attempt.job_id).where(Job.batch_id == batch_id).order_by(Attempt.id)
+        ).all()
+
+
+def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_records(env, model, tmp_path):
+    source = write_prompts(tmp_path / "nightly.txt")
+    report = nightly_batch(str(source), "tiny", workers=2, model=model, overrides=SMALL)
+
+    assert report["status"] == "done" and report["total"] == 4
+    assert report["counts"]["done"] == 4 and report["failures"] == []
+    assert report["anchors"] == {"generated": 4, "cached": 0}
+    assert {s: report["stages"][s]["succeeded"] for s in ("anchoring", "rendering", "encoding")} == {
+        "anchoring": 4, "rendering": 4, "encoding": 4}
+    jobs = jobs_of(report["batch_id"])
+    assert sorted(j.prompt for j in jobs) == sorted(PROMPTS)
+    with resources.database()() as session:
+        artifacts = session.scalars(select(Artifact).where(Artifact.job_id.in_([j.id for j in jobs]))).all()
+    assert len(artifacts) == 12  # anchor latent, detail latent, video for each job
+    for artifact in artifacts:
+        path = Path(artifact.uri.removeprefix("file://"))
+        assert path.stat().st_size == artifact.size_bytes
+    videos = [a for a in artifacts if a.kind == ArtifactKind.video]
+    assert {o["uri"] for o in report["outputs"]} == {a.uri for a in videos}
+    for video in videos:
+        assert read_video(video.uri.removeprefix("file://")).shape == (5, 64, 128, 3)
+    # Ingesting the same file again creates nothing new, and a second run renders nothing again.
+    again = nightly_batch(str(source), "tiny", workers=1, model=model, overrides=SMALL)
+    assert again["batch_id"] == report["batch_id"] and again["anchors"] == {"generated": 0, "cached": 0}
+    assert len(attempts_of(report["batch_id"])) == 12
+    with resources.database()() as session:
+        assert session.scalar(select(func.count()).select_from(Batch)) == 1
+
+
+def test_a_job_that_always_fails_is_retried_to_the_limit_and_the_batch_ends_partial(
+    env, model, tmp_path, monkeypatch
+):
+    """Fault injection (a mock, no real part fails on demand): one prompt's detail stage raises."""
+    monkeypatch.setenv("PIXELWIZARD_MAX_ATTEMPTS", "3")
+    real_detail = job_work.detail
+
+    def flaky(pipe, cache, job, plan):
+        if "blue" in job.prompt:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_detail(pipe, cache, job, plan)
+
+    monkeypatch.setattr(job_work, "detail", flaky)
+    source = write_prompts(tmp_path / "p.txt", PROMPTS[:3])
+    report = nightly_batch(str(source), "tiny", model=model, overrides=SMALL)
+
+    assert report["status"] == "partial"
+    assert report["counts"]["done"] == 2 and report["counts"]["failed"] == 1
+    [failure] = report["failures"]
+    assert "illegal memory access" in failure["error"]
+    blue = next(j for j in jobs_of(report["batch_id"]) if "blue" in j.prompt)
+    tries = [a for a in attempts_of(report["batch_id"]) if a.job_id == blue.id and a.stage == JobStatus.rendering]
+    assert [a.outcome for a in tries] == [AttemptOutcome.failed] * 3
+    assert all("illegal memory access" in a.error for a in tries)
+
+
+@pytest.mark.postgres
+def test_two_render_worker_processes_render_every_job_exactly_once(env, model, tmp_path):
+    source = write_prompts(tmp_path / "p.txt")
+    batch_id = ingest(str(source), "tiny", model, 0, None, SMALL)
+    anchors(batch_id, model)
+    code = f"from flows.batch import render_worker; render_worker({batch_id}, {model!r}, 'cpu', label='{{}}')"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code.format(i)], env={**env, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, output
+    jobs = jobs_of(batch_id)
+    assert [j.status for j in jobs] == [JobStatus.done] * 4
+    attempts = attempts_of(batch_id)
+    for stage in (JobStatus.rendering, JobStatus.encoding):
+        per_job = [a.job_id for a in attempts if a.stage == stage]
+        assert sorted(per_job) == sorted(j.id for j in jobs), stage  # one attempt per job, none twice
+    assert all(a.outcome == AttemptOutcome.succeeded for a in attempts)
+    store = resources.cache().store
+    assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
+
+
+def run_cli(env, *args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model, tmp_path):
+    source = write_prompts(tmp_path / "p.txt")
+    out = tmp_path / "out"
+    # Big enough that a job spends a few seconds in a working stage, so the kill lands inside one.
+    process = run_cli(env, "batch", "run", str(source), "--model", model, "--out", str(out),
+                      "--set", "num_frames=9", "--set", "anchor_steps=3")
+    deadline = time.monotonic() + 240
+    victim = None
+    while victim is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            with resources.database()() as session:
+                victim = session.scalars(
+                    select(Job).where(Job.status.in_([JobStatus.rendering, JobStatus.encoding]))
+                ).first()
+        except Exception:  # the database is created by the child; it may not exist yet
+            continue
+    assert victim is not None, process.communicate()[0]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stage_at_kill = victim.status
+
+    with resources.database()() as session:
+        batch_id = victim.batch_id
+        anchors_before = {a.job_id: (a.sha256, a.uri) for a in session.scalars(
+            select(Artifact).where(Artifact.kind == ArtifactKind.anchor_latent))}
+    store = resources.cache().store
+    anchor_records = {k: store.stat(k).sha256 for k in store.list("anchors/") if k.endswith(".json")}
+
+    resumed = run_cli(env, "batch", "resume", str(batch_id), "--model", model, "--out", str(out), "--json")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    report = json.loads(output[output.index("{"):])
+    assert report["status"] == "done" and report["counts"]["done"] == 4
+    assert report["anchors"]["generated"] == 0  # every anchor came from the cache
+    # The anchors that existed before the kill are the same objects, untouched.
+    assert {k: store.stat(k).sha256 for k in store.list("anchors/") if k.endswith(".json")} == anchor_records
+    with resources.database()() as session:
+        for job_id, (sha, uri) in anchors_before.items():
+            artifact = session.scalars(select(Artifact).where(
+                Artifact.job_id == job_id, Artifact.kind == ArtifactKind.anchor_latent)).one()
+            assert (artifact.sha256, artifact.uri) == (sha, uri)
+        videos = session.scalars(select(Artifact).where(Artifact.kind == ArtifactKind.video)).all()
+    assert len(videos) == 4 and len({v.job_id for v in videos}) == 4
+    assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
+    crashed = [a for a in attempts_of(batch_id) if a.outcome == AttemptOutcome.crashed]
+    assert [(a.job_id, a.stage) for a in crashed] == [(victim.id, stage_at_kill)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
+
+
+def test_bad_prompt_file_fails_before_any_batch_is_created(env, model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "ok", "prompt": "fine"}\n{"id": "x y", "prompt": "bad id"}\n')
+    result = subprocess.run([sys.executable, "-m", "cli", "batch", "run", str(bad), "--model", model],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "bad.jsonl:2:" in errors[0]
+    factory = open_database(env["PIXELWIZARD_DATABASE_URL"])
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Batch)) == 0
