@@ -105,6 +105,30 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     with resources.database()() as session:
         assert session.scalar(select(func.count()).select_from(Batch)) == 1
 
+    # The operator's read-only commands see the same batch.
+    status = cli_json(env, "batch", "status", str(report["batch_id"]))
+    assert status["status"] == "done" and status["outputs"] == report["outputs"]
+    [listed] = cli_json(env, "batch", "list")
+    assert (listed["id"], listed["status"], listed["jobs"], listed["done"]) == (report["batch_id"], "done", 4, 4)
+    listing = subprocess.run([sys.executable, "-m", "cli", "cache", "ls", "anchors"], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and listing.stdout.count("anchors/") == 8  # 4 latents + 4 records
+
+    # Garbage collection removes finished jobs' latents past the age limit, never the videos.
+    store = resources.cache().store
+    gc = subprocess.run([sys.executable, "-m", "cli", "cache", "gc", "--older-than-days", "0"], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    assert list(store.list("anchors/")) == [] and list(store.list("details/")) == []
+    assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
+
+
+def cli_json(env, *args):
+    result = subprocess.run([sys.executable, "-m", "cli", *args, "--json"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
 
 def test_a_job_that_always_fails_is_retried_to_the_limit_and_the_batch_ends_partial(
     env, model, tmp_path, monkeypatch
@@ -130,6 +154,17 @@ def test_a_job_that_always_fails_is_retried_to_the_limit_and_the_batch_ends_part
     tries = [a for a in attempts_of(report["batch_id"]) if a.job_id == blue.id and a.stage == JobStatus.rendering]
     assert [a.outcome for a in tries] == [AttemptOutcome.failed] * 3
     assert all("illegal memory access" in a.error for a in tries)
+
+    # Once the fault is gone, `jobs retry` requeues the job and a resume finishes it alone.
+    monkeypatch.setattr(job_work, "detail", real_detail)
+    retried = subprocess.run([sys.executable, "-m", "cli", "jobs", "retry", str(blue.id), "--no-run"], env=env,
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert retried.returncode == 0, retried.stderr
+    assert next(j for j in jobs_of(report["batch_id"]) if j.id == blue.id).status == JobStatus.pending
+    resumed = resume_batch(report["batch_id"], model=model)
+    assert resumed["status"] == "done" and resumed["anchors"] == {"generated": 0, "cached": 1}
+    renders = [a for a in attempts_of(report["batch_id"]) if a.stage == JobStatus.rendering]
+    assert len(renders) == 2 + 3 + 1  # the two good jobs once, the bad one 3 failed + 1 good
 
 
 @pytest.mark.postgres
