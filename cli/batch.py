@@ -178,18 +178,25 @@ def submit(
     workers: Workers = 1,
     model: Model = None,
     seed: int = 0,
+    gpus: Annotated[int, typer.Option(min=1, help="GPU slots per host; worker i gets GPU i mod GPUS.")] = 1,
+    override: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Preset field override, e.g. --set detail_steps=8.")
+    ] = None,
     deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
 ) -> None:
     """Start the batch on the Prefect server's deployment and print the flow run id."""
+    _quiet_prefect()
     from flows.batch import prefect_api_configured
 
+    overrides = _parse_overrides(override or [])
     if not prefect_api_configured():
-        fail("no Prefect API configured: set PREFECT_API_URL (see README, Deployment)")
+        fail("no Prefect API configured: set PREFECT_API_URL (see docs/deployment.md)")
     from prefect.deployments import run_deployment
 
     run = run_deployment(
         deployment,
-        parameters={"source": file, "preset": preset, "workers": workers, "model": model, "seed": seed},
+        parameters={"source": file, "preset": preset, "workers": workers, "model": model, "seed": seed,
+                    "gpus": gpus, "overrides": overrides},
         timeout=0,
         as_subflow=False,
     )

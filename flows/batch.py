@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow, task
@@ -25,6 +24,7 @@ from storage.models import Job, JobStatus
 log = logging.getLogger(__name__)
 
 RENDER_DEPLOYMENT = "render-worker/render-worker"
+RENDER_POLL_SECONDS = 2.0  # how often the nightly run checks on its render-worker runs
 
 
 def _drain(
@@ -126,32 +126,59 @@ def render_deployment_exists() -> bool:
     return True
 
 
+def _worker_device(device: str | None) -> str | None:
+    """The device a render-worker run is given: its GPU is chosen by CUDA_VISIBLE_DEVICES, so
+    only the device type passes (``cuda:3`` -> ``cuda``); None/auto stays automatic."""
+    if device is None or device == "auto":
+        return None
+    return device.split(":", 1)[0]
+
+
 def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
     """Run ``workers`` render workers: runs of the render-worker deployment on the GPU pool
     (worker i on GPU i mod ``gpus``) when the Prefect API has it, else threads in this process."""
     if render_deployment_exists():
-        from prefect.deployments import run_deployment
-        from prefect.runtime import flow_run
-
-        def submit(i: int):
-            return run_deployment(
-                RENDER_DEPLOYMENT,
-                parameters={"batch_id": batch_id, "model": model, "label": str(i)},
-                idempotency_key=f"{flow_run.id}-render-{i}",
-                job_variables={"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}},
-                timeout=None,
-            )
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            runs = list(pool.map(submit, range(workers)))
-        bad = [r.name for r in runs if not r.state or not r.state.is_completed()]
-        if bad:
-            log.error("render worker runs did not complete: %s", ", ".join(bad))
+        _fan_out_to_pool(batch_id, workers, gpus, model, device)
         return
     resources.pipeline(model, device)  # load once, before the threads share it
     futures = [render_worker_task.submit(batch_id, model, device, str(i)) for i in range(workers)]
     for future in futures:
         future.result()
+
+
+def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
+    """Create one render-worker deployment run per worker, then wait for all of them.
+
+    The runs are created here, in the flow's own thread, so each is linked to this flow run as a
+    subflow (cancelling the batch cancels them) and keyed by it (a retry of this flow run finds
+    the same runs instead of starting new ones). Run i gets ``CUDA_VISIBLE_DEVICES=i mod gpus``
+    as a job variable; the process worker puts it into the run's environment.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runtime import flow_run
+
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    runs = [
+        run_deployment(
+            RENDER_DEPLOYMENT,
+            parameters={"batch_id": batch_id, "model": model, "device": _worker_device(device), "label": str(i)},
+            idempotency_key=f"{flow_run.id}-render-{i}",
+            job_variables={"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}},
+            timeout=0,
+        )
+        for i in range(workers)
+    ]
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(run.id) for run in runs]
+            if all(run.state is not None and run.state.is_final() for run in runs):
+                break
+            time.sleep(RENDER_POLL_SECONDS)
+    bad = [f"{run.name} ({run.state.name})" for run in runs if not run.state.is_completed()]
+    if bad:
+        log.error("render worker runs did not complete: %s", ", ".join(bad))
 
 
 @flow(name="nightly-batch")

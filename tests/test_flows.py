@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import func, select
 
@@ -55,7 +56,8 @@ def env(tmp_path, monkeypatch, request):
     monkeypatch.setenv("PIXELWIZARD_LEASE_SECONDS", "5")
     for cached in (resources.database, resources.cache):
         cached.cache_clear()
-    yield {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Child processes use the module's Prefect server rather than each starting its own.
+    yield {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_API_URL": PREFECT_API_URL.value()}
     for cached in (resources.database, resources.cache):
         cached.cache_clear()
 
@@ -192,9 +194,10 @@ def test_two_render_worker_processes_render_every_job_exactly_once(env, model, t
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
 
 
-def run_cli(env, *args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def run_cli(env, *args):
+    """The CLI in its own process group, so a kill takes all it started, as a node failure would."""
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model, tmp_path):
@@ -215,7 +218,7 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
         except Exception:  # the database is created by the child; it may not exist yet
             continue
     assert victim is not None, process.communicate()[0]
-    os.kill(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     stage_at_kill = victim.status
 

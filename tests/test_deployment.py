@@ -1,0 +1,276 @@
+"""The real deployment path, end to end: a Prefect server, work pools, `prefect deploy` of the
+project's own prefect.yaml, process workers on the `gpu` and `cpu` pools, and one nightly-batch
+run that fans out to render-worker deployment runs on the `gpu` pool.
+
+Everything runs as separate processes on 127.0.0.1, isolated from the developer's Prefect
+profile (own PREFECT_HOME) and PixelWizard data (own PIXELWIZARD_HOME and SQLite database).
+Renders use a tiny random model and small preset overrides so the run takes about a minute.
+On failure the server's and workers' logs are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import psutil
+from sqlalchemy import select
+
+from pixelwizard.default_model import build_tiny_pipeline, save_bundle_atomically
+from pixelwizard.video import read_video
+from storage.database import open_database
+from storage.models import Artifact, ArtifactKind, Job, JobStatus
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"num_frames": 5, "anchor_width": 64, "anchor_height": 32, "anchor_steps": 3,
+         "detail_width": 128, "detail_height": 64}
+PROMPTS = [
+    {"id": "red-circle", "prompt": "a red circle moves right", "seed": 1},
+    {"id": "blue-square", "prompt": "a blue square bounces", "seed": 2},
+]
+GPUS = 2  # render-worker runs get CUDA_VISIBLE_DEVICES 0 and 1 (no GPU is needed: they fall back to the CPU)
+RUN_TIMEOUT_S = 300
+SERVER_START_TIMEOUT_S = 120
+CLI_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Services:
+    """Long-running subprocesses (server, workers) with their logs; stopped with all their
+    descendants on exit, logs printed if the block failed."""
+
+    def __init__(self, logs: Path, env: dict[str, str]):
+        self.logs, self.env = logs, env
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.cli_outputs: list[str] = []
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Services:
+        return self
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        process = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env or self.env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def prefect(self, *args: str) -> str:
+        """Run a prefect CLI command to completion; its output, asserting it succeeded."""
+        done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=self.env,
+                              capture_output=True, text=True, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        output = done.stdout + done.stderr
+        self.cli_outputs.append(f"$ prefect {' '.join(args)}\n(rc={done.returncode})\n{output}")
+        assert done.returncode == 0, f"prefect {' '.join(args)} failed (rc={done.returncode}):\n{output}"
+        return output
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            assert process.poll() is None, f"{name} exited with {process.returncode}"
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                self.print_logs()
+        finally:
+            self.stop()
+
+    def print_logs(self, tail_lines: int = 300) -> None:
+        for output in self.cli_outputs:
+            print(f"\n===== {output[-5000:]}")
+        for name in self.processes:
+            lines = self.log(name).splitlines()
+            print(f"\n===== {name} log (last {tail_lines} of {len(lines)} lines) =====")
+            print("\n".join(lines[-tail_lines:]))
+
+    def stop(self) -> None:
+        """SIGTERM every started process and its descendants (the workers' flow-run processes run
+        in sessions of their own), workers before the server; SIGKILL what is left after 20 s."""
+        tree: list[psutil.Process] = []
+        for process in reversed(list(self.processes.values())):
+            try:
+                root = psutil.Process(process.pid)
+                tree += [*root.children(recursive=True), root]
+            except psutil.NoSuchProcess:
+                pass
+        for member in tree:
+            try:
+                member.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        for member in alive:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        for process in self.processes.values():
+            process.wait(timeout=10)
+
+
+def wait_for_health(services: Services, api: str) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        services.check_alive()
+        try:
+            if httpx.get(f"{api}/health", timeout=2).json() is True:
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        assert time.monotonic() < deadline, f"Prefect server not healthy after {SERVER_START_TIMEOUT_S} s"
+        time.sleep(0.5)
+
+
+def flow_runs(api: str, **flow_run_filter) -> list[dict]:
+    response = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": flow_run_filter, "limit": 200}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def deployment(api: str, name: str) -> dict:
+    response = httpx.get(f"{api}/deployments/name/{name}", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool(tmp_path):
+    model = str(save_bundle_atomically(build_tiny_pipeline(seed=3), tmp_path / "model" / "tiny"))
+    prompts = tmp_path / "nightly.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    database_url = f"sqlite:///{tmp_path / 'pixelwizard.db'}"
+    open_database(database_url)  # schema created once, before several processes open it
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PIXELWIZARD_"))}
+    base.update({
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_CLI_PROMPT": "false",
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",  # keep the CLI's rich output on one line per field
+    })
+    client_env = {
+        **base,
+        "PREFECT_API_URL": api,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # workers pick up new runs within a second
+        "PIXELWIZARD_REPO": str(REPO),
+        "PIXELWIZARD_HOME": str(tmp_path / "pixelwizard-home"),
+        "PIXELWIZARD_DATABASE_URL": database_url,
+        "OMP_NUM_THREADS": "1",  # several flow-run processes share this machine's cores
+    }
+
+    with Services(tmp_path / "logs", client_env) as services:
+        services.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", env=base)
+        wait_for_health(services, api)
+
+        for pool in ("gpu", "cpu", "anchor"):
+            services.prefect("work-pool", "create", pool, "--type", "process")
+        services.prefect("work-pool", "set-concurrency-limit", "gpu", str(GPUS))
+        services.prefect("--no-prompt", "deploy", "--all")
+
+        # What prefect.yaml declares is what the server holds.
+        nightly = deployment(api, "nightly-batch/nightly-batch")
+        render = deployment(api, "render-worker/render-worker")
+        assert deployment(api, "anchors/anchors")["work_pool_name"] == "anchor"
+        assert nightly["work_pool_name"] == "cpu" and nightly["entrypoint"] == "flows/batch.py:nightly_batch"
+        [schedule] = nightly["schedules"]
+        assert schedule["active"] is True
+        assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 1 * * *", "Europe/Berlin")
+        assert render["work_pool_name"] == "gpu"
+        assert render["global_concurrency_limit"]["limit"] == 8
+        assert render["job_variables"] == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
+        for spec in (nightly, render):
+            assert spec["pull_steps"] == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+        pool = httpx.get(f"{api}/work_pools/gpu", timeout=30).json()
+        assert (pool["type"], pool["concurrency_limit"]) == ("process", GPUS)
+
+        services.start("worker-gpu", "worker", "start", "--pool", "gpu", "--name", "gpu-test")
+        services.start("worker-cpu", "worker", "start", "--pool", "cpu", "--name", "cpu-test")
+
+        parameters = {"source": str(prompts), "preset": "tiny", "workers": GPUS, "gpus": GPUS, "model": model,
+                      "overrides": SMALL, "name": "deployment-test"}
+        submitted = services.prefect("deployment", "run", "nightly-batch/nightly-batch",
+                                     "--params", json.dumps(parameters))
+        match = re.search(r"UUID:\s*([0-9a-f-]{36})", submitted)
+        assert match, submitted
+        run_id = match.group(1)
+
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while True:
+            run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            services.check_alive()
+            assert time.monotonic() < deadline, f"nightly-batch run still {run['state_name']} after {RUN_TIMEOUT_S} s"
+            time.sleep(2)
+        assert run["state_type"] == "COMPLETED", run["state"]
+        assert run["deployment_id"] == nightly["id"] and run["work_pool_name"] == "cpu"
+        assert f"submitting flow run '{run_id}'" in services.log("worker-cpu")
+
+        # The render workers ran as their own runs of the render-worker deployment, taken by the
+        # gpu pool's worker, linked to the nightly run as subflows, one per GPU slot.
+        renders = flow_runs(api, deployment_id={"any_": [render["id"]]})
+        assert len(renders) == GPUS, renders
+        batch_ids = set()
+        for render_run in renders:
+            assert render_run["state_type"] == "COMPLETED", render_run["state"]
+            assert render_run["work_pool_name"] == "gpu"
+            assert f"submitting flow run '{render_run['id']}'" in services.log("worker-gpu")
+            parent = httpx.get(f"{api}/task_runs/{render_run['parent_task_run_id']}", timeout=30).json()
+            assert parent["flow_run_id"] == run_id
+            assert render_run["parameters"]["model"] == model
+            batch_ids.add(render_run["parameters"]["batch_id"])
+        assert sorted(r["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] for r in renders) == ["0", "1"]
+        assert sorted(r["idempotency_key"] for r in renders) == [f"{run_id}-render-{i}" for i in range(GPUS)]
+
+        # The cron schedule is live: the server's scheduler has queued nightly runs at 01:00 Berlin time.
+        berlin = ZoneInfo("Europe/Berlin")
+        deadline = time.monotonic() + 30
+        while not (scheduled := flow_runs(api, deployment_id={"any_": [nightly["id"]]},
+                                          state={"type": {"any_": ["SCHEDULED"]}})):
+            errors = [line for line in services.log("server").splitlines() if "Error" in line]
+            assert time.monotonic() < deadline, (
+                "the server's scheduler queued no run of the nightly-batch cron schedule; "
+                f"server errors: {errors[-5:]}")
+            time.sleep(1)
+        for scheduled_run in scheduled:
+            start = datetime.fromisoformat(scheduled_run["expected_start_time"]).astimezone(berlin)
+            assert (start.hour, start.minute) == (1, 0), scheduled_run["expected_start_time"]
+
+    # The batch's records and videos, in the database the workers shared.
+    factory = open_database(database_url, migrate=False)
+    with factory() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        videos = session.scalars(select(Artifact).where(Artifact.kind == ArtifactKind.video)).all()
+    assert batch_ids == {jobs[0].batch_id}
+    assert sorted(j.prompt_id for j in jobs) == sorted(p["id"] for p in PROMPTS)
+    assert [j.status for j in jobs] == [JobStatus.done] * len(PROMPTS)
+    assert sorted(v.job_id for v in videos) == [j.id for j in jobs]
+    for video in videos:
+        path = Path(video.uri.removeprefix("file://"))
+        assert path.is_relative_to(tmp_path / "pixelwizard-home")
+        assert read_video(path).shape == (SMALL["num_frames"], SMALL["detail_height"], SMALL["detail_width"], 3)
