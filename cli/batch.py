@@ -24,6 +24,9 @@ Model = Annotated[Optional[str], typer.Option(help="Model bundle folder (default
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Out = Annotated[Optional[Path], typer.Option(help="Also copy finished videos to OUT/<prompt id>.mp4.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Overrides = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Preset field override, e.g. --set detail_steps=8.")
+]
 
 
 def _quiet_prefect() -> None:
@@ -139,9 +142,7 @@ def run(
     device: Device = None,
     out: Out = Path("out"),
     as_json: AsJson = False,
-    override: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Preset field override, e.g. --set detail_steps=8.")
-    ] = None,
+    override: Overrides = None,
 ) -> None:
     """Run a batch end to end here: ingest, anchors, render workers, summary."""
     _quiet_prefect()
@@ -179,9 +180,7 @@ def submit(
     model: Model = None,
     seed: int = 0,
     gpus: Annotated[int, typer.Option(min=1, help="GPU slots per host; worker i gets GPU i mod GPUS.")] = 1,
-    override: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Preset field override, e.g. --set detail_steps=8.")
-    ] = None,
+    override: Overrides = None,
     deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
 ) -> None:
     """Start the batch on the Prefect server's deployment and print the flow run id."""
