@@ -7,6 +7,7 @@ import os
 import typer
 
 from cli.batch import batch_app, cache_app, jobs_app
+from cli.convert import convert
 from cli.db import db_app
 from cli.render import render
 from cli.train import train_app
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(render)
+app.command()(convert)
 app.add_typer(db_app, name="db")
 app.add_typer(train_app, name="train")
 app.add_typer(batch_app, name="batch")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from cli.errors import EXIT_FAILURE, fail
 from cli.progress import StageProgress, quiet_libraries
+
+if TYPE_CHECKING:
+    from pixelwizard.presets import ExecutionPlan
 
 
 def render(
@@ -30,7 +33,16 @@ def render(
     guidance: Annotated[Optional[float], typer.Option(help="Detail-stage CFG scale.")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt for every prompt.")] = None,
     solver: Annotated[str, typer.Option(help="unipc or euler.")] = "unipc",
-    decode_chunks: Annotated[Optional[int], typer.Option(help="Width chunks for decoding.")] = None,
+    decode_chunks: Annotated[Optional[int], typer.Option(help="Width chunks for decoding (preset default).")] = None,
+    offload: Annotated[
+        str, typer.Option(help="auto (preset default), none (all on the GPU) or model (one component at a time).")
+    ] = "auto",
+    attention_backend: Annotated[
+        str, typer.Option(help="auto (PyTorch's pick) or a diffusers attention backend, e.g. _native_cudnn.")
+    ] = "auto",
+    compile_blocks: Annotated[
+        Optional[bool], typer.Option("--compile/--no-compile", help="Regional torch.compile (pays off over several prompts).")
+    ] = None,
     codec: Annotated[str, typer.Option(help="h264 or hevc10.")] = "h264",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Render again prompts whose MP4 exists.")] = False,
@@ -60,6 +72,7 @@ def render(
             specs = load_prompts(prompts)
         target = resolve_device(device)
         bundle = check_bundle(model) if model is not None else None
+        plan = _plan(preset, target, offload, attention_backend, compile_blocks)
     except (PresetError, PromptFileError, DeviceError, ModelFolderError) as exc:
         fail(str(exc))
 
@@ -75,7 +88,11 @@ def render(
     from pixelwizard.default_model import default_model_path
     from pixelwizard.video import encode_video
 
-    pipe = load_bundle(bundle or default_model_path(), device=target)
+    import torch
+
+    dtype = torch.bfloat16 if target.startswith("cuda") else torch.float32
+    pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
+    pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     with StageProgress() as progress:
@@ -89,6 +106,7 @@ def render(
                     preset=chosen,
                     negative_prompt=spec.negative_prompt or negative_prompt,
                     solver=solver,
+                    batch_cfg=plan.batch_cfg,
                     on_progress=progress.update,
                 )
                 path = encode_video(iter(result.frames.numpy()), out / f"{spec.id}.mp4", fps=chosen.fps, codec=codec)
@@ -98,3 +116,31 @@ def render(
                 progress.console.print(f"[red]failed[/] {spec.id}: {str(exc).splitlines()[0]}")
     if failures:
         fail(f"{failures} of {len(todo)} prompt(s) failed", EXIT_FAILURE)
+
+
+def _plan(preset: str, target: str, offload: str, attention_backend: str, compile_blocks: bool | None) -> "ExecutionPlan":
+    """The preset's GPU plan with the user's choices applied; PresetError on a choice that cannot run."""
+    from dataclasses import replace
+
+    from pixelwizard.memory import OFFLOAD_CHOICES
+    from pixelwizard.presets import PresetError, execution_plan
+
+    plan = execution_plan(preset)
+    if offload != "auto":
+        if offload not in OFFLOAD_CHOICES:
+            raise PresetError(f"unknown offload {offload!r}; choose auto, {', '.join(OFFLOAD_CHOICES)}")
+        plan = replace(plan, offload=offload)
+    if attention_backend != "auto":
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        known = [b.value for b in AttentionBackendName]
+        if attention_backend not in known:
+            raise PresetError(f"unknown attention backend {attention_backend!r}; choose auto or one of: {', '.join(known)}")
+        if not target.startswith("cuda") and attention_backend not in ("native", "_native_math"):
+            raise PresetError(f"attention backend {attention_backend} needs a CUDA device; use auto on {target}")
+        plan = replace(plan, attention_backend=attention_backend)
+    if compile_blocks is not None:
+        plan = replace(plan, compile=compile_blocks)
+    if not target.startswith("cuda"):
+        plan = replace(plan, offload="none")  # nothing to save on the CPU
+    return plan

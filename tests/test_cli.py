@@ -85,6 +85,9 @@ BAD = {
     "bad prompt file": (["--prompts", "{bad_file}"], "bad.jsonl:2:"),
     "no prompt": ([], "exactly one"),
     "bad solver": (["x", "--solver", "heun"], "solver"),
+    "bad offload": (["x", "--offload", "disk"], "offload"),
+    "unknown attention backend": (["x", "--attention-backend", "magic"], "attention backend"),
+    "gpu attention on the cpu": (["x", "--attention-backend", "_native_cudnn", "--device", "cpu"], "CUDA"),
 }
 
 

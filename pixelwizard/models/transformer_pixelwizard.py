@@ -212,10 +212,13 @@ class PixelWizardTransformer3DModel(WanTransformer3DModel):
             encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
 
         checkpointing = torch.is_grad_enabled() and self.gradient_checkpointing
+        last_injection = max(int(k) for k in self.anchor_injector.block_proj)
         for index, block in enumerate(self.blocks):
             key = str(index)
             if control is not None and key in self.anchor_injector.block_proj:
                 hidden_states = hidden_states + self.anchor_injector.block_proj[key](control).to(hidden_states.dtype)
+                if index == last_injection:
+                    control = None  # free the control tokens (1.5 GB at 4K) before the remaining blocks
             if checkpointing:
                 hidden_states = self._gradient_checkpointing_func(
                     block, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb

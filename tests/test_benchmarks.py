@@ -1,0 +1,26 @@
+"""The benchmark suite stays runnable: every script end to end at tiny sizes on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_suite_runs_at_tiny_sizes_and_reports(tmp_path):
+    run("benchmarks.ceilings", "--tiny", "--device", "cpu", "--out", str(tmp_path / "ceilings.json"))
+    run("benchmarks.transformer", "--tiny", "--device", "cpu", "--sizes", "anchor,2k", "--backends", "",
+        "--out", str(tmp_path / "transformer.json"))
+    run("benchmarks.pipeline", "--tiny", "--device", "cpu", "--presets", "2k", "--detail-cfg", "sequential",
+        "--skip-encode", "--out", str(tmp_path / "pipeline.json"))
+    run("benchmarks.report", "--results", str(tmp_path), "--out", str(tmp_path / "results.md"))
+    transformer = json.loads((tmp_path / "transformer.json").read_text())
+    assert [row["size"] for row in transformer["sizes"]] == ["anchor", "2k"]
+    report = (tmp_path / "results.md").read_text()
+    assert "ours/stock" in report and "end to end" in report and "### Targets" in report
