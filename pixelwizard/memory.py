@@ -5,9 +5,11 @@ and the anchor model off the GPU. Each managed module keeps a CPU copy of its we
 it on the GPU is one host-to-device copy and taking it off is free (the GPU copy is dropped;
 inference never changes weights). The copies are not pinned: pinning 33 GB took 42 s on the
 benchmark machine, far more than the copies it speeds up (docs/performance.md).
-Hand-written rather than diffusers' ``enable_model_cpu_offload``: that one moves a component
-off the GPU only when the next one is called, so the anchor model would still be resident
-while the detail model's first 4K forward needs the room; here each stage's exit frees it.
+Hand-written rather than diffusers' ``enable_model_cpu_offload``: its hooks offload a component
+only when the next one in ``model_cpu_offload_seq`` runs, which assumes one ``__call__`` in that
+order. The stage calls here run in other orders (a worker decodes, then starts the next prompt's
+text encoder; a cache miss runs the anchor model inside the detail stage), which would leave the
+VAE or the anchor model on the GPU during a 4K detail forward; here each stage's exit frees it.
 """
 
 from __future__ import annotations
