@@ -19,7 +19,7 @@ from flows.stage_runner import give_up_stage
 from flows.summary import batch_report
 from flows.tasks import anchor_job, render_job
 from storage.jobs import claim_next_job
-from storage.models import Job, JobStatus
+from storage.models import Batch, Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,15 @@ def _render_loop(batch_id: int, model: str | None, device: str | None, label: st
 @flow(name="render-worker")
 def render_worker(batch_id: int, model: str | None = None, device: str | None = None, label: str = "0") -> int:
     """Load the model once, then render claimed jobs until the batch has none left; returns the count."""
-    resources.pipeline(model, device)
+    _preload(batch_id, model, device)
     return _render_loop(batch_id, model, device, label)
+
+
+def _preload(batch_id: int, model: str | None, device: str | None) -> None:
+    """Load the model with the memory plan of the batch's preset."""
+    with resources.database()() as session:
+        preset = session.get(Batch, batch_id).preset
+    resources.pipeline(model, device, preset)
 
 
 render_worker_task = task(name="render-worker-in-process")(_render_loop)
@@ -140,7 +147,7 @@ def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: 
     if render_deployment_exists():
         _fan_out_to_pool(batch_id, workers, gpus, model, device)
         return
-    resources.pipeline(model, device)  # load once, before the threads share it
+    _preload(batch_id, model, device)  # load once, before the threads share it
     futures = [render_worker_task.submit(batch_id, model, device, str(i)) for i in range(workers)]
     for future in futures:
         future.result()

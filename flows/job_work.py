@@ -80,29 +80,30 @@ def _record(job: Job, plan: JobPlan) -> dict[str, Any]:
             "preset": asdict(plan.preset)}
 
 
-def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> tuple[StoredObject, bool]:
+def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> tuple[StoredObject, bool]:
     """The job's anchor latent from the cache, or generated and stored; (object, was_generated)."""
     hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
     if hit is not None:
         return cache.store.stat(f"anchors/{plan.anchor_key}.safetensors"), False
     latent = pipe.generate_anchor(
-        job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER
+        job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
+        batch_cfg=batch_cfg,
     )
     stored = cache.put(ArtifactKind.anchor_latent, plan.anchor_key, {"latent": latent},
                        {**_record(job, plan), "parameters": plan.anchor_params})
     return stored, True
 
 
-def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
+def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> StoredObject:
     """The detail latent, rendered from the cached anchor (regenerated if the cache lost it)."""
     hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
     if hit is None:
         log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
-        anchor(pipe, cache, job, plan)
+        anchor(pipe, cache, job, plan, batch_cfg=batch_cfg)
         hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
     latent = pipe.render_detail(
         hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
-        negative_prompt=job.negative_prompt or None, solver=SOLVER,
+        negative_prompt=job.negative_prompt or None, solver=SOLVER, batch_cfg=batch_cfg,
     )
     return cache.put(ArtifactKind.detail_latent, plan.detail_key, {"latent": latent}, _record(job, plan))
 

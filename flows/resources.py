@@ -60,10 +60,16 @@ _pipeline_lock = threading.Lock()
 
 
 @lru_cache(maxsize=None)
-def _load(model: str, device: str):
+def _load(model: str, device: str, plan):
+    import torch
+
     from pixelwizard.bundle import load_bundle
 
-    return load_bundle(model, device=device)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    pipe = load_bundle(model, device="cpu", dtype=dtype)
+    return pipe.place(
+        device, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile
+    )
 
 
 def model_path(model: str | None) -> str:
@@ -75,12 +81,23 @@ def model_path(model: str | None) -> str:
     return str(default_model_path())
 
 
-def pipeline(model: str | None, device: str | None = None):
-    """The PixelWizardPipeline for ``model``, loaded once per process and device."""
+def execution_plan(preset: str, device: str):
+    """The preset's measured GPU plan (docs/performance.md); on a CPU nothing is offloaded."""
+    from dataclasses import replace
+
+    from pixelwizard.presets import execution_plan as preset_plan
+
+    plan = preset_plan(preset)
+    return plan if device.startswith("cuda") else replace(plan, offload="none")
+
+
+def pipeline(model: str | None, device: str | None = None, preset: str = "tiny"):
+    """The PixelWizardPipeline for ``model``, loaded once per process, device and memory plan."""
     from pixelwizard.devices import resolve_device
 
+    target = resolve_device(device)
     with _pipeline_lock:
-        return _load(model_path(model), resolve_device(device))
+        return _load(model_path(model), target, execution_plan(preset, target))
 
 
 @lru_cache(maxsize=None)

@@ -36,16 +36,28 @@ def _plan(pipe, job: Job, model: str | None) -> job_work.JobPlan:
     return job_work.plan_job(job, str(pipe.transformer.dtype).removeprefix("torch."))
 
 
+def _stage_inputs(job: Job, model: str | None, device: str | None):
+    """The process's pipeline for the job's preset, and the job's plan (keys, seeds, sizes)."""
+    pipe = resources.pipeline(model, device, job.preset)
+    return pipe, _plan(pipe, job, model)
+
+
+def _batch_cfg(job: Job, device: str | None) -> bool:
+    from pixelwizard.devices import resolve_device
+
+    return resources.execution_plan(job.preset, resolve_device(device)).batch_cfg
+
+
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=is_transient)
 def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) -> bool:
     """Anchor stage of one claimed job; True if the anchor was generated, False if it was cached."""
-    pipe, cache, factory = resources.pipeline(model, device), resources.cache(), resources.database()
-    settings = resources.worker_settings()
+    cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()
     generated = False
 
     def work(job: Job):
         nonlocal generated
-        stored, generated = job_work.anchor(pipe, cache, job, _plan(pipe, job, model))
+        pipe, plan = _stage_inputs(job, model, device)
+        stored, generated = job_work.anchor(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device))
         return stored
 
     run_stage(factory, job_id, worker, JobStatus.anchoring, work,
@@ -56,14 +68,20 @@ def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=is_transient)
 def render_job(job_id: int, worker: str, model: str | None, device: str | None) -> str:
     """Detail and encoding stages of one claimed job (whichever remain); returns the video's URI."""
-    pipe, cache, factory = resources.pipeline(model, device), resources.cache(), resources.database()
-    settings = resources.worker_settings()
+    cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()
     timing = dict(lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds)
+
+    def detail(job: Job):
+        pipe, plan = _stage_inputs(job, model, device)
+        return job_work.detail(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device))
+
+    def video(job: Job):
+        pipe, plan = _stage_inputs(job, model, device)
+        return job_work.video(pipe, cache, job, plan)
+
     with factory() as session:
         status = session.get(Job, job_id).status
     if status in (JobStatus.anchored, JobStatus.rendering):
-        run_stage(factory, job_id, worker, JobStatus.rendering,
-                  lambda job: job_work.detail(pipe, cache, job, _plan(pipe, job, model)), keep_lease=True, **timing)
-    stored = run_stage(factory, job_id, worker, JobStatus.encoding,
-                       lambda job: job_work.video(pipe, cache, job, _plan(pipe, job, model)), **timing)
+        run_stage(factory, job_id, worker, JobStatus.rendering, detail, keep_lease=True, **timing)
+    stored = run_stage(factory, job_id, worker, JobStatus.encoding, video, **timing)
     return stored.uri

@@ -139,10 +139,10 @@ def test_a_job_that_always_fails_is_retried_to_the_limit_and_the_batch_ends_part
     monkeypatch.setenv("PIXELWIZARD_MAX_ATTEMPTS", "3")
     real_detail = job_work.detail
 
-    def flaky(pipe, cache, job, plan):
+    def flaky(pipe, cache, job, plan, **kwargs):
         if "blue" in job.prompt:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real_detail(pipe, cache, job, plan)
+        return real_detail(pipe, cache, job, plan, **kwargs)
 
     monkeypatch.setattr(job_work, "detail", flaky)
     source = write_prompts(tmp_path / "p.txt", PROMPTS[:3])
