@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,8 +48,13 @@ def _setup(device: str):
     except DeviceError as exc:
         fail(str(exc))
     quiet_libraries()
+    import torch
+
+    if target.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
         import torch.distributed as dist
 
         if target.startswith("cuda"):
@@ -184,6 +190,8 @@ def encode_command(
     seed: Seed = 0,
     batch_size: Batch = 16,
     device: Device = "auto",
+    max_seconds: MaxSeconds = None,
+    report: Report = None,
 ) -> None:
     """Encode clips once into detail latents, anchor latents, synthesised anchors and prompt embeddings."""
     from pixelwizard.presets import PresetError, get_preset
@@ -205,12 +213,17 @@ def encode_command(
     from pixelwizard.training.latents import build_latent_cache
 
     count = clips if data == "synthetic" else min(clips, len(source))
+    started = time.monotonic()
     cache = build_latent_cache(
         pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),
         degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width), seed=seed, batch=batch_size,
+        max_seconds=max_seconds,
     )
     cache.save(out)
-    typer.echo(f"wrote {out}: {len(cache)} clips")
+    seconds = time.monotonic() - started
+    typer.echo(f"wrote {out}: {len(cache)} clips in {seconds:.1f} s")
+    if report is not None:
+        report.write_text(json.dumps({"clips": len(cache), "seconds": round(seconds, 2)}))
 
 
 @train_app.command("anchor")
@@ -298,3 +311,7 @@ def train_detail_command(
 
     result = train_detail(pipe.detail_transformer, cache, cfg, typer.echo)
     _finish(pipe, out, result, report, settings)
+
+
+if __name__ == "__main__":
+    train_app(prog_name="pixelwizard train")

@@ -1,8 +1,9 @@
-"""The embedded default model: a tiny PixelWizard bundle, same classes as the 5B one, small dims.
+"""The embedded default model: the trained tiny PixelWizard bundle, same classes as the 5B one, small dims.
 
-``default_model_path()`` returns a bundle that works offline on a fresh machine. The bundle is
-built deterministically from a seed and saved under the model cache on first use (atomic:
-built in a temporary folder, then renamed).
+``default_model_path()`` returns the ``pixelwizard-tiny`` bundle shipped inside the package
+(trained on the synthetic world, docs/training.md), so it works offline on a fresh machine.
+``build_tiny_pipeline`` builds the same classes with random weights from a seed: the "small"
+size keeps tests fast, the "trained" size is the shape the shipped bundle was trained from.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_SEED = 0
-_NAME = f"pixelwizard-tiny-random-s{DEFAULT_SEED}-v1"
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "pixelwizard-tiny"
 
 # Words of the synthetic scenes (colours, shapes, textures, motions) and the glue around them.
 TINY_VOCABULARY = tuple(
@@ -26,33 +27,34 @@ TINY_VOCABULARY = tuple(
     orbiting circles grows growing shrinks shrinking spins rotates slowly quickly fast slow steadily
     background backdrop scene frame center centre corner edge edges top bottom middle walls
     small large big tiny bright dark light video camera still static
+    outline place expands rises falls gets larger smaller side
     """.split()
 )
 
 TINY_TEXT_LENGTH = 32
 
 
-def model_cache_dir() -> Path:
-    """Where built or downloaded bundles live: $PIXELWIZARD_MODEL_CACHE or $PIXELWIZARD_HOME/models."""
-    explicit = os.environ.get("PIXELWIZARD_MODEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    home = Path(os.environ.get("PIXELWIZARD_HOME", Path.home() / ".pixelwizard"))
-    return home / "models"
+# Dimensions per size: transformer (both models), VAE base width and latent channels, injector width.
+# "trained" keeps Wan2.2's 48 latent channels (compression 4x16x16 to 48, SPEC.md 2).
+TINY_SIZES: dict[str, dict] = {
+    "small": dict(heads=2, head_dim=24, ffn_dim=96, layers=2, vae_base_dim=16, z_dim=16, injector_channels=32),
+    "trained": dict(heads=4, head_dim=48, ffn_dim=768, layers=4, vae_base_dim=32, z_dim=48, injector_channels=64),
+}
 
 
-def tiny_transformer_config(z_dim: int, text_dim: int) -> dict:
+def tiny_transformer_config(z_dim: int, text_dim: int, size: str = "small") -> dict:
     """Wan2.2 TI2V transformer hyper-parameters shrunk for a CPU (SPEC.md 2 has the real ones)."""
+    dims = TINY_SIZES[size]
     return dict(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=24,
+        num_attention_heads=dims["heads"],
+        attention_head_dim=dims["head_dim"],
         in_channels=z_dim,
         out_channels=z_dim,
         text_dim=text_dim,
         freq_dim=256,
-        ffn_dim=96,
-        num_layers=2,
+        ffn_dim=dims["ffn_dim"],
+        num_layers=dims["layers"],
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         eps=1e-6,
@@ -60,10 +62,10 @@ def tiny_transformer_config(z_dim: int, text_dim: int) -> dict:
     )
 
 
-def tiny_vae_config(z_dim: int = 16) -> dict:
+def tiny_vae_config(z_dim: int = 16, size: str = "small") -> dict:
     """A Wan2.2-style VAE (patchified, residual, 4x16x16 compression) with few channels."""
     return dict(
-        base_dim=16,
+        base_dim=TINY_SIZES[size]["vae_base_dim"],
         z_dim=z_dim,
         dim_mult=[1, 2, 2, 2],
         num_res_blocks=1,
@@ -80,8 +82,8 @@ def tiny_vae_config(z_dim: int = 16) -> dict:
     )
 
 
-def build_tiny_pipeline(seed: int = DEFAULT_SEED, vocabulary: tuple[str, ...] = TINY_VOCABULARY):
-    """A tiny PixelWizardPipeline with weights drawn from ``seed`` (same seed, same weights)."""
+def build_tiny_pipeline(seed: int = DEFAULT_SEED, vocabulary: tuple[str, ...] = TINY_VOCABULARY, size: str = "small"):
+    """A tiny PixelWizardPipeline of ``size`` with weights drawn from ``seed`` (same seed, same weights)."""
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -105,18 +107,18 @@ def build_tiny_pipeline(seed: int = DEFAULT_SEED, vocabulary: tuple[str, ...] = 
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    z_dim = 16
+    z_dim = TINY_SIZES[size]["z_dim"]
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(text_config).eval()
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKLWan(**tiny_vae_config(z_dim)).eval()
+    vae = AutoencoderKLWan(**tiny_vae_config(z_dim, size)).eval()
     torch.manual_seed(seed + 2)
-    transformer = WanTransformer3DModel(**tiny_transformer_config(z_dim, text_config.d_model)).eval()
+    transformer = WanTransformer3DModel(**tiny_transformer_config(z_dim, text_config.d_model, size)).eval()
     torch.manual_seed(seed + 3)
     detail = PixelWizardTransformer3DModel(
-        **tiny_transformer_config(z_dim, text_config.d_model),
+        **tiny_transformer_config(z_dim, text_config.d_model, size),
         anchor_channels=z_dim,
-        injector_hidden_channels=32,
+        injector_hidden_channels=TINY_SIZES[size]["injector_channels"],
         injector_groups=8,
         injection_blocks=(0,),
     ).eval()
@@ -145,12 +147,7 @@ def save_bundle_atomically(pipeline, destination: Path) -> Path:
 
 
 def default_model_path() -> Path:
-    """The embedded default bundle, built and cached on first use; never touches the network."""
-    from pixelwizard.bundle import ModelFolderError, check_bundle
+    """The shipped trained tiny bundle (package data); never touches the network."""
+    from pixelwizard.bundle import check_bundle
 
-    path = model_cache_dir() / _NAME
-    try:
-        return check_bundle(path)
-    except ModelFolderError:
-        shutil.rmtree(path, ignore_errors=True)
-    return save_bundle_atomically(build_tiny_pipeline(), path)
+    return check_bundle(BUNDLED_MODEL)

@@ -1,0 +1,108 @@
+"""Training settings, checked up front so a bad value stops a run before it touches anything.
+
+Defaults are SPEC.md section 7's. Each shortcut technique is a switch, for ablations:
+``k_sampling="uniform"`` (instead of exponential index-biased), ``dt_grid="fixed"`` (instead of
+noise-span aligned), ``calibration=False`` (no adaptive noise-span calibration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pixelwizard.training.objectives import dt_candidates
+
+
+class ConfigError(ValueError):
+    """A training setting out of range; the message is one line."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ShortcutConfig:
+    """Self-consistency (shortcut) training settings, SPEC.md 7."""
+
+    sc_prob: float = 0.3  # share of iterations that are self-consistency steps; 0 = flow matching only
+    starts: tuple[float, ...] = (500.0, 600.0, 700.0, 800.0)
+    levels: int = 6  # k = 0..levels-1
+    lam: float = 0.7
+    k_sampling: str = "exponential"  # or "uniform"
+    dt_grid: str = "aligned"  # or "fixed"
+    calibration: bool = True
+    calibration_power: float = 0.5
+    calibration_clamp: tuple[float, float] = (0.1, 10.0)
+
+    def validate(self) -> "ShortcutConfig":
+        _check(0.0 <= self.sc_prob <= 1.0, f"self-consistency probability must lie in [0, 1], got {self.sc_prob}")
+        _check(len(self.starts) > 0, "the dt candidate set is empty: no start timesteps given")
+        _check(self.levels >= 1, f"the dt candidate set is empty: levels must be at least 1, got {self.levels}")
+        for start in self.starts:
+            _check(0 < start <= 1000, f"start timestep {start} must lie in (0, 1000]")
+        _check(self.lam >= 0, f"lambda must be >= 0, got {self.lam}")
+        _check(self.k_sampling in ("exponential", "uniform"), f"k sampling must be exponential or uniform, got {self.k_sampling!r}")
+        _check(self.dt_grid in ("aligned", "fixed"), f"dt grid must be aligned or fixed, got {self.dt_grid!r}")
+        for start in self.starts:
+            _check(
+                bool(dt_candidates(start, self.levels, self.dt_grid)),
+                f"the dt candidate set is empty for start timestep {start} on the {self.dt_grid} grid",
+            )
+        low, high = self.calibration_clamp
+        _check(0 < low <= high, f"calibration clamp must satisfy 0 < low <= high, got {self.calibration_clamp}")
+        _check(self.calibration_power > 0, f"calibration power must be > 0, got {self.calibration_power}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and loop settings shared by the VAE, anchor and detail trainers."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.999)  # SPEC.md 7
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    ema: float = 0.0  # EMA decay of the saved weights, 0 = off (SPEC.md 7: optional, 0.99)
+    cfg_dropout: float = 0.1
+    shift: float = 5.0  # sigma shift of the training timestep grid
+    seed: int = 0
+    max_seconds: float | None = None  # stop early when this much wall time has passed
+    gradient_checkpointing: bool = False
+    adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
+    log_every: int = 25
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+
+    def validate(self) -> "TrainConfig":
+        _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _check(all(0 <= b < 1 for b in self.betas), f"betas must lie in [0, 1), got {self.betas}")
+        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        _check(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
+        _check(self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}")
+        _check(0 <= self.ema < 1, f"EMA decay must lie in [0, 1), got {self.ema}")
+        _check(0 <= self.cfg_dropout <= 1, f"CFG dropout must lie in [0, 1], got {self.cfg_dropout}")
+        _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
+        _check(self.max_seconds is None or self.max_seconds > 0, f"max seconds must be > 0, got {self.max_seconds}")
+        _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
+        self.shortcut.validate()
+        return self
+
+
+@dataclass(frozen=True)
+class VaeLossConfig:
+    """VAE training loss and crop: L1 + edge_weight * L1 of image gradients + kl_weight * KL."""
+
+    kl_weight: float = 1e-4
+    edge_weight: float = 0.5
+    crop: tuple[int, int] = (128, 256)  # (height, width) random crop of each training clip
+
+    def validate(self) -> "VaeLossConfig":
+        _check(self.kl_weight >= 0, f"KL weight must be >= 0, got {self.kl_weight}")
+        _check(self.edge_weight >= 0, f"edge weight must be >= 0, got {self.edge_weight}")
+        _check(all(c > 0 and c % 16 == 0 for c in self.crop), f"crop {self.crop} must be positive multiples of 16")
+        return self

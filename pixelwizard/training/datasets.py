@@ -1,0 +1,138 @@
+"""Clip sources for training: the synthetic world (generated on the fly) and real captioned clips.
+
+Both hand out (B, 3, frames, height, width) videos in [-1, 1] with their captions, so one trainer
+trains from scratch on synthetic data and fine-tunes on real data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from pixelwizard.training.render import render_scenes
+from pixelwizard.training.scenes import Split, scene_for
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is one line (file:line where it applies)."""
+
+
+class ClipSource(Protocol):
+    """Indexed captioned clips of a fixed shape."""
+
+    frames: int
+    width: int
+    height: int
+
+    def __len__(self) -> int: ...
+
+    def caption(self, index: int) -> str: ...
+
+    def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor: ...
+
+
+@dataclass
+class SyntheticClips:
+    """``size`` synthetic clips from the dataset ``seed`` (clip i is the same scene everywhere)."""
+
+    seed: int
+    size: int
+    frames: int
+    width: int
+    height: int
+    split: Split = "train"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def scene(self, index: int):
+        return scene_for(self.seed, index, self.split)
+
+    def caption(self, index: int) -> str:
+        return self.scene(index).caption
+
+    def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device)
+
+
+def fit_clip(video: torch.Tensor, frames: int, width: int, height: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, frames, height, width) in [-1, 1]: first frames, centre crop, resize."""
+    clip = video[:frames].permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+    _, _, h, w = clip.shape
+    if w * height > h * width:  # too wide: crop the width
+        crop = round(h * width / height)
+        clip = clip[..., (w - crop) // 2 : (w - crop) // 2 + crop]
+    else:
+        crop = round(w * height / width)
+        clip = clip[..., (h - crop) // 2 : (h - crop) // 2 + crop, :]
+    clip = F.interpolate(clip, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return (clip / 127.5 - 1).clamp(-1, 1).permute(1, 0, 2, 3)
+
+
+class RealClips:
+    """Video files listed with captions in a JSON Lines file: ``{"video": "a.mp4", "caption": "..."}``.
+
+    Video paths are relative to the captions file's folder. Every line is checked when the
+    source is opened, so a bad line stops a run before any training (``<file>:<line>: <problem>``).
+    """
+
+    def __init__(self, captions_file: str | Path, frames: int, width: int, height: int) -> None:
+        self.path = Path(captions_file)
+        self.frames, self.width, self.height = frames, width, height
+        if not self.path.is_file():
+            raise DatasetError(f"dataset {self.path} does not exist")
+        self.items = [item for item in self._read() if item is not None]
+        if not self.items:
+            raise DatasetError(f"{self.path}: no clips listed")
+
+    def _read(self) -> list[tuple[Path, str] | None]:
+        items: list[tuple[Path, str] | None] = []
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                items.append(None)
+                continue
+            where = f"{self.path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("video"), str):
+                raise DatasetError(f'{where}: expected an object with a "video" path and a "caption"')
+            caption = record.get("caption")
+            if not isinstance(caption, str) or not caption.strip():
+                raise DatasetError(f'{where}: "caption" must be a non-empty string')
+            video = self.path.parent / record["video"]
+            if not video.is_file():
+                raise DatasetError(f"{where}: video {video} does not exist")
+            items.append((video, caption.strip()))
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def caption(self, index: int) -> str:
+        return self.items[index][1]
+
+    def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        from pixelwizard.video import read_video
+
+        batch = []
+        for i in indices:
+            video = torch.from_numpy(read_video(self.items[i][0]).copy())
+            if video.shape[0] < self.frames:
+                raise DatasetError(f"{self.items[i][0]}: {video.shape[0]} frames, need at least {self.frames}")
+            batch.append(fit_clip(video, self.frames, self.width, self.height))
+        return torch.stack(batch).to(device)
+
+
+def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, seed: int) -> ClipSource:
+    """'synthetic' (``size`` clips of dataset ``seed``) or the path of a captions JSON Lines file."""
+    if data == "synthetic":
+        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height)
+    return RealClips(data, frames=frames, width=width, height=height)

@@ -1,0 +1,156 @@
+"""Encoded training data: clips turned once into normalised VAE latents, anchors and prompt embeddings.
+
+The anchor and detail trainers only need latents, so clips are rendered (or decoded) and encoded
+once into a ``LatentCache``; training steps then only run the transformer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pixelwizard.training.datasets import ClipSource
+from pixelwizard.training.degrade import Degradation, degrade
+
+
+def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (1, C, 1, 1, 1) that normalise the VAE's latents (from its config)."""
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    return mean, std
+
+
+@torch.no_grad()
+def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
+    """Normalised latents (posterior mode) of (B, 3, T, H, W) clips in [-1, 1]; what the pipeline decodes."""
+    mean, std = latent_stats(vae)
+    raw = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode().float()
+    return (raw - mean.to(raw.device)) / std.to(raw.device)
+
+
+@torch.no_grad()
+def set_latent_stats(vae, videos: torch.Tensor, batch: int = 8) -> None:
+    """Measure per-channel latent mean/std on ``videos`` and store them in the VAE's config."""
+    raw = torch.cat(
+        [vae.encode(v.to(vae.device, vae.dtype)).latent_dist.mode().float() for v in videos.split(batch)]
+    )
+    mean = raw.mean(dim=(0, 2, 3, 4))
+    std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+
+
+@torch.no_grad()
+def embed_texts(pipe, texts: list[str], batch: int = 256) -> torch.Tensor:
+    """Prompt embeddings (N, L, D) as ``PixelWizardPipeline.encode_prompt`` makes them, in batches."""
+    out = []
+    length = pipe.tokenizer.model_max_length
+    device = pipe.text_encoder.device
+    for start in range(0, len(texts), batch):
+        tokens = pipe.tokenizer(
+            texts[start : start + batch], padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )
+        mask = tokens.attention_mask.to(device)
+        hidden = pipe.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+        out.append((hidden * mask.unsqueeze(-1).to(hidden.dtype)).float().cpu())
+    return torch.cat(out)
+
+
+def resize_latent(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (B, C, F, h, w) latent, frame by frame, to (height, width) = ``size``."""
+    if tuple(latent.shape[-2:]) == tuple(size):
+        return latent
+    batch, channels, frames = latent.shape[:3]
+    flat = latent.permute(0, 2, 1, 3, 4).flatten(0, 1)
+    flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return flat.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
+
+
+def area_resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, T, H, W) clips area-resized to (width, height) = ``size``: the clean anchor-size clip."""
+    batch, frames = video.shape[0], video.shape[2]
+    flat = F.interpolate(video.transpose(1, 2).flatten(0, 1), size=size[::-1], mode="area")
+    return flat.unflatten(0, (batch, frames)).transpose(1, 2)
+
+
+@dataclass
+class LatentCache:
+    """Encoded clips: detail latents, clean anchor latents, synthesised anchors and prompt embeddings."""
+
+    latents: torch.Tensor  # (N, C, F, h, w) detail-size latents
+    anchors: torch.Tensor  # (N, C, F, ha, wa) latents of the clean anchor-size clip (anchor model data)
+    degraded: torch.Tensor  # (N, C, F, gh, gw) synthesised anchors on the detail token grid (SPEC.md 7)
+    embeds: torch.Tensor  # (N, L, D) prompt embeddings
+    empty: torch.Tensor  # (L, D) embedding of the empty prompt (CFG dropout)
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def to(self, device: torch.device | str) -> "LatentCache":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LatentCache(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatentCache":
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+@torch.no_grad()
+def build_latent_cache(
+    pipe,
+    source: ClipSource,
+    *,
+    count: int,
+    anchor_size: tuple[int, int],
+    degradation: Degradation,
+    seed: int,
+    batch: int = 16,
+    max_seconds: float | None = None,
+) -> LatentCache:
+    """Encode the first ``count`` clips of ``source`` (wrapping round) for anchor and detail training.
+
+    ``anchor_size`` is (width, height). The synthesised anchor follows SPEC.md 7: degrade, encode
+    at the anchor size, resize in latent space to the detail model's token grid. With
+    ``max_seconds``, encoding stops after the batch that crosses that time (fewer clips).
+    """
+    started = time.monotonic()
+    vae = pipe.vae
+    patch = pipe.detail_transformer.config.patch_size
+    generator = torch.Generator().manual_seed(seed)
+    latents, anchors, degraded, captions = [], [], [], []
+    indices = [i % len(source) for i in range(count)]
+    for start in range(0, count, batch):
+        chunk = indices[start : start + batch]
+        video = source.clips(chunk, vae.device).float()
+        detail = encode_video(vae, video)
+        grid = (detail.shape[-2] // patch[1], detail.shape[-1] // patch[2])
+        synthetic = encode_video(vae, degrade(video, anchor_size, degradation, generator))
+        latents.append(detail.half().cpu())
+        anchors.append(encode_video(vae, area_resize(video, anchor_size)).half().cpu())
+        degraded.append(resize_latent(synthetic, grid).half().cpu())
+        captions += [source.caption(i) for i in chunk]
+        if max_seconds is not None and time.monotonic() - started > max_seconds:
+            break
+    embeds = embed_texts(pipe, captions + [""]).half()
+    return LatentCache(
+        latents=torch.cat(latents),
+        anchors=torch.cat(anchors),
+        degraded=torch.cat(degraded),
+        embeds=embeds[:-1],
+        empty=embeds[-1],
+        captions=captions,
+    )

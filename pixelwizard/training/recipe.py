@@ -1,0 +1,199 @@
+"""The training run behind the shipped tiny bundle, in one wall-clock budget (docs/training.md).
+
+Runs ``pixelwizard train`` commands as subprocesses:
+
+1. ``vae`` from random weights;
+2. ``encode`` synthetic clips into a latent cache with that VAE;
+3. in parallel: ``anchor`` (plain flow matching, until the end) and the detail model's
+   flow-matching warm start (``detail --sc-prob 0``);
+4. from the warm start, in parallel: shortcut training (the shipped model), flow matching only
+   (the baseline), and one ablation per technique (uniform k, fixed-grid dt, calibration off);
+5. assemble the bundle (float16 weights) and save the other detail models beside it.
+
+Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
+
+    python -m pixelwizard.training.recipe --work /tmp/work --out /tmp/result [--budget 530] [--toy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Detail-model branches trained from the warm start: folder name -> extra `train detail` flags.
+BRANCHES: dict[str, list[str]] = {
+    "shortcut": [],
+    "fm_only": ["--sc-prob", "0"],
+    "uniform_k": ["--k-sampling", "uniform"],
+    "fixed_dt": ["--dt-grid", "fixed"],
+    "no_calibration": ["--no-calibration"],
+}
+STARTUP_SECONDS = 15.0  # a command's import, load and save time outside its --max-seconds
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Data sizes and batch sizes of a run: the real one (GPU) or a toy one (CPU check of the recipe)."""
+
+    vae: list[str]
+    encode: list[str]
+    anchor_batch: int
+    detail_batch: int
+    device: str
+
+
+FULL = Scale(
+    vae=["--frames", "9", "--crop", "96x160", "--batch-size", "12"],
+    encode=["--clips", "16384", "--batch-size", "32"],
+    anchor_batch=64,
+    detail_batch=32,
+    device="cuda",
+)
+TOY = Scale(
+    vae=["--frames", "5", "--width", "128", "--height", "64", "--crop", "64x128", "--batch-size", "2", "--stats-clips", "4"],
+    encode=["--clips", "24", "--batch-size", "8", "--frames", "5", "--width", "128", "--height", "64",
+            "--anchor-width", "64", "--anchor-height", "32"],
+    anchor_batch=4,
+    detail_batch=4,
+    device="cpu",
+)
+
+
+class Runner:
+    """Starts train commands, logs them, and tells each how long it may run."""
+
+    def __init__(self, work: Path, deadline: float, device: str) -> None:
+        self.work, self.deadline, self.device = work, deadline, device
+        self.records: list[dict] = []
+        self.started = time.monotonic()
+
+    def seconds_until(self, fraction_of_budget: float | None = None) -> float:
+        """Training seconds left before a point of the budget (default: the end), net of startup."""
+        end = self.deadline if fraction_of_budget is None else self.started + fraction_of_budget * (self.deadline - self.started)
+        return max(5.0, end - time.monotonic() - STARTUP_SECONDS)
+
+    def start(self, name: str, args: list[str], max_seconds: float) -> tuple[subprocess.Popen, dict]:
+        argv = [sys.executable, "-m", "cli.train", *args, "--device", self.device,
+                "--max-seconds", f"{max_seconds:.0f}", "--report", str(self.work / f"{name}.json")]
+        record = {"name": name, "command": " ".join(["pixelwizard", "train", *argv[3:]]), "start_s": self.elapsed()}
+        log = (self.work / f"{name}.log").open("w")
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"[{record['start_s']:6.1f}s] start {name}: {record['command']}", flush=True)
+        return process, record
+
+    def finish(self, process: subprocess.Popen, record: dict) -> bool:
+        record["exit_code"] = process.wait()
+        record["end_s"] = self.elapsed()
+        report = self.work / f"{record['name']}.json"
+        if report.is_file():
+            body = json.loads(report.read_text())
+            record["steps"], record["train_seconds"] = body.get("steps"), body.get("seconds")
+            record["last_losses"] = body["history"][-1] if body.get("history") else None
+        self.records.append(record)
+        print(f"[{record['end_s']:6.1f}s] end {record['name']}: exit {record['exit_code']}, steps {record.get('steps')}", flush=True)
+        return record["exit_code"] == 0
+
+    def run(self, name: str, args: list[str], max_seconds: float) -> bool:
+        return self.finish(*self.start(name, args, max_seconds))
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+
+def assemble(work: Path, out: Path, branches_done: list[str]) -> None:
+    """The shipped bundle (anchor run's components + shortcut detail model, float16) and the other detail models."""
+    import torch
+
+    from pixelwizard.bundle import load_bundle
+    from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
+    from pixelwizard.training.checkpoints import write_bundle
+
+    pipe = load_bundle(work / "anchor", device="cpu", dtype=torch.float32)
+    shortcut = PixelWizardTransformer3DModel.from_pretrained(work / "shortcut" / "detail_transformer", torch_dtype=torch.float32)
+    pipe.register_modules(detail_transformer=shortcut)
+    write_bundle(pipe, out / "pixelwizard-tiny", dtype=torch.float16)
+    for name in branches_done:
+        if name == "shortcut":
+            continue
+        model = PixelWizardTransformer3DModel.from_pretrained(work / name / "detail_transformer", torch_dtype=torch.float16)
+        model.save_pretrained(out / "variants" / name, safe_serialization=True)
+
+
+def run_recipe(work: Path, out: Path, budget: float, scale: Scale) -> dict:
+    """Run every phase; write and return the summary (ok is False when the bundle could not be made)."""
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(work, time.monotonic() + budget, scale.device)
+    summary = {"ok": False, "branches": []}
+    try:
+        summary |= _phases(runner, work, out, scale)
+    finally:
+        summary |= {"records": runner.records, "total_s": runner.elapsed()}
+        (out / "recipe.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _phases(runner: Runner, work: Path, out: Path, scale: Scale) -> dict:
+    cache = str(work / "cache.pt")
+    if not runner.run("vae", ["vae", "--model", "random", "--out", str(work / "vae"), "--lr", "5e-4",
+                              "--warmup", "100", "--steps", "1000000", "--seed", "0", *scale.vae],
+                      runner.seconds_until(0.36)):
+        return {}
+    if not runner.run("encode", ["encode", "--model", str(work / "vae"), "--out", cache, "--seed", "1", *scale.encode],
+                      runner.seconds_until(0.48)):
+        return {}
+    anchor = runner.start(
+        "anchor",
+        ["anchor", "--model", str(work / "vae"), "--latents", cache, "--out", str(work / "anchor"),
+         "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", "--ema", "0.99",
+         "--steps", "1000000", "--seed", "2"],
+        runner.seconds_until(),
+    )
+    warm_ok = runner.run(
+        "detail_warmstart",
+        ["detail", "--model", str(work / "vae"), "--latents", cache, "--out", str(work / "detail_warmstart"),
+         "--sc-prob", "0", "--batch-size", str(scale.detail_batch), "--lr", "3e-4", "--beta1", "0.9",
+         "--warmup", "200", "--ema", "0.99", "--steps", "1000000", "--seed", "3"],
+        runner.seconds_until(0.66),
+    )
+    branches_done = []
+    if warm_ok:
+        seconds = runner.seconds_until()
+        started = {
+            name: runner.start(
+                name,
+                ["detail", "--model", str(work / "detail_warmstart"), "--latents", cache, "--out", str(work / name),
+                 "--batch-size", str(scale.detail_batch), "--lr", "1e-4", "--ema", "0.99", "--steps", "1000000",
+                 "--seed", "4", *extra],
+                seconds,
+            )
+            for name, extra in BRANCHES.items()
+        }
+        branches_done = [name for name, (process, record) in started.items() if runner.finish(process, record)]
+    anchor_ok = runner.finish(*anchor)
+    ok = anchor_ok and "shortcut" in branches_done
+    if ok:
+        assemble(work, out, branches_done)
+    return {"ok": ok, "branches": branches_done}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the tiny PixelWizard bundle in one time budget.")
+    parser.add_argument("--work", type=Path, required=True, help="folder for intermediate bundles and logs")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the bundle, the variants and recipe.json")
+    parser.add_argument("--budget", type=float, default=530.0, help="wall-clock seconds for the whole run")
+    parser.add_argument("--toy", action="store_true", help="toy sizes on the CPU, to check the recipe end to end")
+    args = parser.parse_args(argv)
+    summary = run_recipe(args.work, args.out, args.budget, TOY if args.toy else FULL)
+    sys.exit(0 if summary["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

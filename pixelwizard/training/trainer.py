@@ -1,0 +1,249 @@
+"""Training loops: VAE reconstruction, anchor flow matching, detail flow matching + shortcut (SPEC.md 7).
+
+Each trainer updates one module in place and returns its loss history; saving is the caller's
+job (``checkpoints.write_bundle``). Runs one process or several under torch.distributed: the
+gradients and the calibration mean are then averaged over all ranks, and the flow-matching /
+self-consistency choice is drawn from a generator every rank seeds alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from pixelwizard.training.config import TrainConfig, VaeLossConfig
+from pixelwizard.training.datasets import ClipSource
+from pixelwizard.training.latents import LatentCache
+from pixelwizard.training.objectives import (
+    bell_weight,
+    calibration_weights,
+    cfg_dropout,
+    flow_target,
+    noisy,
+    sample_fm_timesteps,
+    sample_shortcut_steps,
+    teacher_target,
+    timestep_grid,
+    weighted_mse,
+)
+
+Log = Callable[[str], None]
+# loss_fn(step) -> (loss, kind); kind names the loss in the history ("fm", "sc", "vae").
+LossFn = Callable[[int], tuple[torch.Tensor, str]]
+
+
+@dataclass
+class TrainResult:
+    """What a run did: steps taken, wall time, and mean losses per kind over each log interval."""
+
+    steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (SPEC.md 7), plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class Ema:
+    """Exponential moving average of parameters, kept in float32; copied into the model at the end."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.params = list(params)
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for shadow, p in zip(self.shadow, self.params):
+            shadow.lerp_(p.detach().float(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for shadow, p in zip(self.shadow, self.params):
+            p.copy_(shadow)
+
+
+def _sync_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients over ranks (a no-op in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig, log: Log) -> TrainResult:
+    """AdamW (SPEC.md 7 settings from ``cfg``), linear warmup, grad clipping, optional EMA, time limit."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = Ema(params, cfg.ema) if cfg.ema > 0 else None
+    start = time.monotonic()
+    window: dict[str, list[torch.Tensor]] = {}
+    history: list[dict[str, float]] = []
+    done = 0
+    for step in range(cfg.steps):
+        if cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        loss, kind = loss_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _sync_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+        window.setdefault(kind, []).append(loss.detach())
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            entry = {"step": float(done), "seconds": round(time.monotonic() - start, 2)}
+            entry |= {k: torch.stack(v).mean().item() for k, v in window.items()}
+            history.append(entry)
+            window = {}
+            if rank() == 0:
+                log(" ".join(f"{k}={v:.4g}" for k, v in entry.items()))
+    if ema is not None:
+        ema.copy_to_model()
+    return TrainResult(steps=done, seconds=time.monotonic() - start, history=history)
+
+
+def _random_crop(video: torch.Tensor, crop: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    height, width = min(crop[0], video.shape[-2]), min(crop[1], video.shape[-1])
+    top = int(torch.randint(video.shape[-2] - height + 1, (1,), generator=generator))
+    left = int(torch.randint(video.shape[-1] - width + 1, (1,), generator=generator))
+    return video[..., top : top + height, left : left + width]
+
+
+def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical pixel differences of two videos (keeps edges sharp)."""
+    return sum((torch.diff(a, dim=d) - torch.diff(b, dim=d)).abs().mean() for d in (-1, -2))
+
+
+def train_vae(vae, source: ClipSource, cfg: TrainConfig, loss_cfg: VaeLossConfig, log: Log) -> TrainResult:
+    """Reconstruction training of the VAE on random crops: L1 + edge L1 + a small KL, sampled posterior."""
+    device = vae.device
+    generator = torch.Generator().manual_seed(cfg.seed + rank())
+    vae.train().requires_grad_(True)
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, str]:
+        indices = torch.randint(len(source), (cfg.batch_size,), generator=generator).tolist()
+        video = _random_crop(source.clips(indices, device), loss_cfg.crop, generator)
+        with autocast(device):
+            posterior = vae.encode(video).latent_dist
+            z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)
+            recon = vae.decode(z).sample.float()
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = (recon - video).abs().mean() + loss_cfg.edge_weight * _edge_l1(recon, video) + loss_cfg.kl_weight * kl
+        return loss, "vae"
+
+    result = run_loop(loss_fn, [p for p in vae.parameters()], cfg, log)
+    vae.eval().requires_grad_(False)
+    return result
+
+
+def _batch(cache: LatentCache, indices: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+    return getattr(cache, name)[indices.to(getattr(cache, name).device)].to(device).float()
+
+
+def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) -> TrainResult:
+    """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout."""
+    device = transformer.device
+    grid = timestep_grid(cfg.shift)
+    generator = torch.Generator().manual_seed(cfg.seed + rank())
+    noise_generator = torch.Generator(device).manual_seed(cfg.seed + rank())
+    transformer.train().requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    empty = cache.empty.to(device).float()
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, str]:
+        indices = torch.randint(len(cache), (cfg.batch_size,), generator=generator)
+        x0 = _batch(cache, indices, "anchors", device)
+        embeds, _, _ = cfg_dropout(_batch(cache, indices, "embeds", device), None, empty, cfg.cfg_dropout, generator)
+        t = sample_fm_timesteps(cfg.batch_size, grid, generator)
+        noise = torch.randn(x0.shape, generator=noise_generator, device=device)
+        with autocast(device):
+            pred = transformer(noisy(x0, noise, t.to(device)), t.to(device), embeds, return_dict=False)[0]
+        return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid).to(device)), "fm"
+
+    result = run_loop(loss_fn, [p for p in transformer.parameters()], cfg, log)
+    transformer.eval().requires_grad_(False)
+    return result
+
+
+def detail_parameters(detail, adapter_only: bool) -> list[torch.nn.Parameter]:
+    """What detail training updates: everything, or only the anchor injector and dt embedding (SPEC.md 7)."""
+    if not adapter_only:
+        return list(detail.parameters())
+    return list(detail.anchor_injector.parameters()) + list(detail.dt_embedder.parameters())
+
+
+def train_detail(detail, cache: LatentCache, cfg: TrainConfig, log: Log) -> TrainResult:
+    """Flow matching (dt = 0) mixed with self-consistency shortcut steps, SPEC.md 7.
+
+    Each iteration is a self-consistency step for the whole batch with probability
+    ``cfg.shortcut.sc_prob`` (0 gives plain flow matching, the warm start and the baseline).
+    """
+    sc = cfg.shortcut
+    device = detail.device
+    grid = timestep_grid(cfg.shift)
+    mode_generator = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
+    generator = torch.Generator().manual_seed(cfg.seed + 1 + rank())
+    noise_generator = torch.Generator(device).manual_seed(cfg.seed + 1 + rank())
+    params = detail_parameters(detail, cfg.adapter_only)
+    detail.train().requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        detail.enable_gradient_checkpointing()
+    empty = cache.empty.to(device).float()
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, str]:
+        self_consistency = float(torch.rand(1, generator=mode_generator)) < sc.sc_prob
+        indices = torch.randint(len(cache), (cfg.batch_size,), generator=generator)
+        x0 = _batch(cache, indices, "latents", device)
+        embeds, anchor, _ = cfg_dropout(
+            _batch(cache, indices, "embeds", device), _batch(cache, indices, "degraded", device), empty,
+            cfg.cfg_dropout, generator,
+        )
+        noise = torch.randn(x0.shape, generator=noise_generator, device=device)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+            with autocast(device):
+                return detail(x, t, embeds, dt=dt, anchor=anchor, return_dict=False)[0].float()
+
+        if not self_consistency:
+            t = sample_fm_timesteps(cfg.batch_size, grid, generator).to(device)
+            pred = velocity(noisy(x0, noise, t), t, torch.zeros_like(t))
+            return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid.to(device))), "fm"
+        t, dt = sample_shortcut_steps(
+            cfg.batch_size, sc.starts, grid, generator,
+            levels=sc.levels, lam=sc.lam, k_sampling=sc.k_sampling, dt_grid_kind=sc.dt_grid,
+        )
+        t, dt = t.to(device), dt.to(device)
+        x_t = noisy(x0, noise, t)
+        with torch.no_grad():
+            target = teacher_target(velocity, x_t, t, dt)
+        pred = velocity(x_t, t, dt)
+        weights = calibration_weights(t, dt, sc.calibration_power, sc.calibration_clamp) if sc.calibration else torch.ones_like(t)
+        return weighted_mse(pred, target, weights), "sc"
+
+    result = run_loop(loss_fn, params, cfg, log)
+    detail.eval().requires_grad_(False)
+    return result

@@ -1,0 +1,114 @@
+"""Training data: the synthetic world, anchor synthesis, and real captioned clips."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pixelwizard.default_model import TINY_VOCABULARY
+from pixelwizard.training.datasets import DatasetError, RealClips, SyntheticClips, open_dataset
+from pixelwizard.training.degrade import RELEASE_FACTOR, RELEASE_KERNELS, RELEASE_SIGMA, degrade, scaled_degradation
+from pixelwizard.training.render import render_scene
+from pixelwizard.training.scenes import COLOURS, MOTION_PHRASES, caption_words, is_held_out, pose, scene_for
+
+
+def test_clips_are_deterministic_by_seed_and_index():
+    a, b = SyntheticClips(5, 10, 5, 64, 32), SyntheticClips(5, 10, 5, 64, 32)
+    assert torch.equal(a.clips([3, 7]), b.clips([3, 7])) and a.caption(3) == b.caption(3)
+    assert not torch.equal(a.clips([3]), SyntheticClips(6, 10, 5, 64, 32).clips([3]))
+
+
+def test_captions_state_every_attribute_in_the_tokenizer_vocabulary():
+    assert caption_words() <= set(TINY_VOCABULARY)
+    for i in range(50):
+        scene = scene_for(0, i)
+        words = scene.caption.split()
+        assert scene.colour in words and scene.shape in words and scene.background in words
+        assert scene.pattern in words and scene.motion_phrase in scene.caption
+        assert scene.motion_phrase in MOTION_PHRASES[scene.motion]
+        assert (scene.size in words) == (scene.size != "medium")
+        assert (scene.texture_colour in words) if scene.texture != "solid" else "with" not in words
+
+
+def test_held_out_combinations_never_reach_training():
+    triples = [(c, s, m) for c in COLOURS for s in ("circle", "square", "triangle", "star") for m in MOTION_PHRASES]
+    held = [t for t in triples if is_held_out(*t)]
+    assert 0 < len(held) < len(triples) / 4
+    for i in range(200):
+        train, test = scene_for(1, i, "train"), scene_for(1, i, "heldout")
+        assert not is_held_out(train.colour, train.shape, train.motion)
+        assert is_held_out(test.colour, test.shape, test.motion)
+
+
+def test_render_draws_the_object_where_its_path_says():
+    scene = next(s for s in (scene_for(2, i) for i in range(500)) if s.motion == "right" and s.texture == "solid")
+    video = render_scene(scene, 5, 448, 256)
+    assert video.shape == (3, 5, 256, 448) and video.min() >= -1 and video.max() <= 1
+    for f in (0, 4):
+        x, y, _, _ = pose(scene, f / 4)
+        centre = ((video[:, f, round(y), round(x)] + 1) * 127.5).round()
+        assert torch.allclose(centre, torch.tensor(COLOURS[scene.colour], dtype=torch.float32), atol=1)
+    assert pose(scene, 1)[0] - pose(scene, 0)[0] == pytest.approx(scene.travel)
+
+
+def test_degradation_scales_the_release_numbers_to_the_tiny_preset():
+    release = scaled_degradation(2560, 448)
+    assert release.factor == pytest.approx(RELEASE_FACTOR) and release.kernels == RELEASE_KERNELS
+    assert release.sigma == pytest.approx(RELEASE_SIGMA)
+    tiny = scaled_degradation(448, 224)
+    assert tiny.factor == pytest.approx((2.8, 5.6)) and tiny.kernels == (3, 5) and tiny.sigma == pytest.approx((1.5, 2.15))
+    video = SyntheticClips(0, 2, 5, 128, 64).clips([0, 1])
+    one = degrade(video, (64, 32), tiny, torch.Generator().manual_seed(0))
+    assert one.shape == (2, 3, 5, 32, 64)
+    assert torch.equal(one, degrade(video, (64, 32), tiny, torch.Generator().manual_seed(0)))
+    # Blurred: much less pixel-to-pixel variation than a plain resize.
+    plain = torch.nn.functional.interpolate(video[:, :, 0], size=(32, 64), mode="area")
+    assert one[:, :, 0].diff(dim=-1).abs().mean() < 0.5 * plain.diff(dim=-1).abs().mean()
+
+
+@pytest.fixture(scope="module")
+def real_clips(tmp_path_factory):
+    from pixelwizard.video import encode_video
+
+    root = tmp_path_factory.mktemp("real")
+    (root / "clips").mkdir()
+    for name, colour in (("a", 200), ("b", 60)):
+        frames = np.full((6, 48, 80, 3), colour, dtype=np.uint8)
+        encode_video(iter(frames), root / "clips" / f"{name}.mp4", fps=8)
+    lines = [{"video": "clips/a.mp4", "caption": "a light clip"}, {"video": "clips/b.mp4", "caption": "a dark clip"}]
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return root
+
+
+def test_real_clips_are_read_cropped_and_resized(real_clips):
+    data = open_dataset(str(real_clips / "captions.jsonl"), frames=5, width=64, height=32, size=0, seed=0)
+    assert isinstance(data, RealClips) and len(data) == 2 and data.caption(1) == "a dark clip"
+    clips = data.clips([0, 1])
+    assert clips.shape == (2, 3, 5, 32, 64)
+    assert clips[0].mean() > 0.3 > -0.3 > clips[1].mean()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"video": "clips/a.mp4", "caption": "ok"}\n{"video": "clips/a.mp4", "caption": \n', "captions.jsonl:2: not valid JSON"),
+        ('{"video": "clips/a.mp4", "caption": "ok"}\n\n{"video": "clips/zz.mp4", "caption": "x"}\n', "captions.jsonl:3: video"),
+        ('{"video": "clips/a.mp4"}\n', "captions.jsonl:1: \"caption\""),
+        ('["clips/a.mp4"]\n', "captions.jsonl:1: expected an object"),
+    ],
+)
+def test_a_bad_captions_line_is_named_by_file_and_line(real_clips, tmp_path, content, message):
+    bad = real_clips / "captions.jsonl"
+    broken = bad.with_name("broken") / "captions.jsonl"
+    broken.parent.mkdir(exist_ok=True)
+    (broken.parent / "clips").mkdir(exist_ok=True)
+    (broken.parent / "clips" / "a.mp4").write_bytes((real_clips / "clips" / "a.mp4").read_bytes())
+    broken.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        RealClips(broken, frames=5, width=64, height=32)
+
+
+def test_a_missing_dataset_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_dataset(str(tmp_path / "nope.jsonl"), frames=5, width=64, height=32, size=0, seed=0)

@@ -1,0 +1,159 @@
+"""The shortcut objective of SPEC.md 7, piece by piece, against its formulas."""
+
+import math
+
+import pytest
+import torch
+
+from pixelwizard.training import objectives as obj
+from pixelwizard.training.config import ConfigError, ShortcutConfig, TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        (500, [500, 250, 124, 62, 30, 14]),
+        (600, [600, 300, 150, 74, 36, 18]),
+        (700, [700, 350, 174, 86, 42, 20]),
+        (800, [800, 400, 200, 100, 50, 24]),
+    ],
+)
+def test_noise_span_aligned_candidates_are_floor_t_over_2k_made_even(start, expected):
+    pairs = obj.dt_candidates(start, 6)
+    assert [k for k, _ in pairs] == list(range(6))
+    assert [dt for _, dt in pairs] == expected
+    for k, dt in pairs:
+        assert dt % 2 == 0 and dt >= 2 and dt in (math.floor(start / 2**k), math.floor(start / 2**k) - 1)
+
+
+def test_fixed_grid_ablation_keeps_the_1000_over_2k_steps_that_fit_under_t():
+    assert obj.dt_candidates(500.0, 6, "fixed") == [(1, 500), (2, 250), (3, 124), (4, 62), (5, 30)]
+    assert obj.dt_candidates(499.7, 6, "fixed")[0] == (2, 250)
+    assert obj.dt_candidates(10.0, 6, "fixed") == []
+
+
+def test_exponential_index_biased_probabilities_match_the_spec():
+    probs = obj.dt_probabilities(range(6), 0.7)
+    assert probs == pytest.approx([math.exp(-0.7 * k) / sum(math.exp(-0.7 * j) for j in range(6)) for k in range(6)])
+    assert [round(p, 2) for p in probs[:5]] == [0.51, 0.25, 0.13, 0.06, 0.03]
+    assert round(probs[5], 3) == 0.015
+    assert obj.dt_probabilities(range(6), 0.7, "uniform") == pytest.approx([1 / 6] * 6)
+    assert obj.dt_probabilities([2, 3], 0.0) == pytest.approx([0.5, 0.5])
+
+
+def test_sampled_steps_start_on_the_snapped_grid_and_follow_the_k_probabilities():
+    grid = obj.timestep_grid(5.0)
+    starts = (500.0, 600.0, 700.0, 800.0)
+    t, dt = obj.sample_shortcut_steps(6000, starts, grid, torch.Generator().manual_seed(0), levels=6, lam=0.7)
+    snapped = {obj.snap_to_grid(s, grid) for s in starts}
+    assert set(t.tolist()) == snapped and all(abs(s - round(s)) < 1 for s in snapped)
+    ks = [next(k for k, d in obj.dt_candidates(T, 6) if d == step) for T, step in zip(t.tolist(), dt.tolist())]
+    freq = torch.bincount(torch.tensor(ks), minlength=6).float() / len(ks)
+    assert torch.allclose(freq, torch.tensor(obj.dt_probabilities(range(6), 0.7)), atol=0.02)
+
+
+def test_teacher_takes_two_half_steps_of_the_model():
+    def model(x, t, dt):  # closed form, depends on all three inputs
+        return x * (t / 1000).view(-1, 1) + dt.view(-1, 1)
+
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    t, dt = torch.tensor([800.0, 500.0]), torch.tensor([400.0, 62.0])
+    target = obj.teacher_target(model, x, t, dt)
+    for i in range(2):
+        T, d = float(t[i]), float(dt[i])
+        v1 = x[i] * T / 1000 + d / 2
+        x_mid = x[i] + ((T - d / 2) / 1000 - T / 1000) * v1
+        v2 = x_mid * (T - d / 2) / 1000 + d / 2
+        assert torch.allclose(target[i], (v1 + v2) / 2)
+
+
+def test_teacher_of_the_exact_flow_of_a_point_mass_returns_that_flow():
+    """Data at c: the exact velocity (x - c) / s is constant along straight paths, so two half steps agree."""
+    c = torch.tensor([0.3, -0.7])
+
+    def exact(x, t, dt):
+        return (x - c) / (t / 1000).view(-1, 1)
+
+    noise = torch.randn(3, 2, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0, 700.0, 800.0])
+    x_t = obj.noisy(c.expand(3, 2), noise, t)
+    target = obj.teacher_target(exact, x_t, t, torch.tensor([500.0, 174.0, 24.0]))
+    assert torch.allclose(target, obj.flow_target(c.expand(3, 2), noise), atol=1e-5)
+
+
+def test_calibration_weight_is_the_clamped_root_of_the_span_over_its_batch_mean():
+    t = torch.tensor([500.0, 500.0, 500.0])
+    dt = torch.tensor([500.0, 250.0, 14.0])
+    spans = dt / 1000
+    expected = (spans / spans.mean()).sqrt().clamp(0.1, 10)
+    assert torch.allclose(obj.calibration_weights(t, dt), expected)
+    tiny = obj.calibration_weights(torch.tensor([800.0] * 4), torch.tensor([800.0, 800.0, 800.0, 2.0]))
+    assert tiny[-1] == pytest.approx(0.1)  # sqrt(0.0025 / 0.6) = 0.065, clamped
+
+
+def test_calibration_mean_is_taken_over_every_rank(monkeypatch):
+    """Under torch.distributed the batch mean covers all ranks: simulate a second rank's spans."""
+    import torch.distributed as dist
+
+    other_rank = torch.tensor([0.1 * 3, 3.0])  # three spans of 0.1 elsewhere
+
+    def all_reduce(tensor):
+        tensor += other_rank
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    w = obj.calibration_weights(torch.tensor([500.0]), torch.tensor([500.0]))
+    assert w.item() == pytest.approx(math.sqrt(0.5 / ((0.5 + 0.3) / 4)))
+
+
+def test_cfg_dropout_drops_prompt_and_anchor_together():
+    embeds, anchor = torch.randn(400, 4, 3), torch.randn(400, 2, 5)
+    empty = torch.full((4, 3), 7.0)
+    out, out_anchor, dropped = obj.cfg_dropout(embeds, anchor, empty, 0.1, torch.Generator().manual_seed(0))
+    assert 20 < int(dropped.sum()) < 60
+    assert torch.all(out[dropped] == 7.0) and torch.all(out_anchor[dropped] == 0)
+    assert torch.equal(out[~dropped], embeds[~dropped]) and torch.equal(out_anchor[~dropped], anchor[~dropped])
+    none = obj.cfg_dropout(embeds, anchor, empty, 0.0, torch.Generator())
+    assert torch.equal(none[0], embeds) and torch.equal(none[1], anchor)
+
+
+def test_flow_matching_pieces():
+    grid = obj.timestep_grid(5.0)
+    assert len(grid) == 1000 and grid[-1] == 1000 and torch.all(grid[1:] > grid[:-1])
+    assert grid[0] == pytest.approx(1000 * 5 * 0.001 / (1 + 4 * 0.001))
+    assert torch.allclose(obj.timestep_grid(1.0), torch.arange(1, 1001, dtype=torch.float32))
+    t = obj.sample_fm_timesteps(256, grid, torch.Generator().manual_seed(0))
+    assert all(v in set(grid.tolist()) for v in t.tolist())
+    w = obj.bell_weight(grid, grid)
+    assert w.mean() == pytest.approx(1.0) and obj.bell_weight(torch.tensor([500.0]), grid) > w.max() - 1e-6
+    assert obj.bell_weight(torch.tensor([300.0]), grid) == pytest.approx(obj.bell_weight(torch.tensor([700.0]), grid))
+    x0, noise = torch.ones(2, 3), torch.zeros(2, 3)
+    assert torch.allclose(obj.noisy(x0, noise, torch.tensor([250.0, 1000.0])), torch.tensor([[0.75] * 3, [0.0] * 3]))
+    assert torch.equal(obj.flow_target(x0, noise), -x0)
+    assert obj.weighted_mse(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([1.0, 3.0])) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(starts=()), "dt candidate set is empty"),
+        (dict(levels=0), "dt candidate set is empty"),
+        (dict(starts=(10.0,), dt_grid="fixed"), "dt candidate set is empty"),
+        (dict(lam=-0.5), "lambda must be >= 0"),
+        (dict(sc_prob=1.5), "probability"),
+        (dict(k_sampling="linear"), "k sampling"),
+        (dict(starts=(0.0,)), "start timestep"),
+    ],
+)
+def test_out_of_range_shortcut_settings_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        ShortcutConfig(**settings).validate()
+
+
+def test_training_settings_default_to_the_spec_and_are_checked():
+    cfg = TrainConfig().validate()
+    assert cfg.betas == (0.0, 0.999) and cfg.weight_decay == 0.01 and cfg.grad_clip == 1.0 and cfg.cfg_dropout == 0.1
+    sc = cfg.shortcut
+    assert (sc.sc_prob, sc.starts, sc.levels, sc.lam, sc.calibration_clamp) == (0.3, (500.0, 600.0, 700.0, 800.0), 6, 0.7, (0.1, 10.0))
+    with pytest.raises(ConfigError, match="EMA"):
+        TrainConfig(ema=1.0).validate()

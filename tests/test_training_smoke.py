@@ -1,0 +1,125 @@
+"""Trainers on the CPU at toy size (loss goes down), the train command's bad-input handling, the shipped bundle."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pixelwizard.default_model import build_tiny_pipeline, default_model_path
+from pixelwizard.training.checkpoints import write_bundle
+from pixelwizard.training.config import ShortcutConfig, TrainConfig, VaeLossConfig
+from pixelwizard.training.datasets import SyntheticClips
+from pixelwizard.training.degrade import scaled_degradation
+from pixelwizard.training.latents import build_latent_cache
+from pixelwizard.training.trainer import train_anchor, train_detail, train_vae
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return build_tiny_pipeline(seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache(pipe):
+    source = SyntheticClips(seed=0, size=16, frames=5, width=128, height=64)
+    return build_latent_cache(pipe, source, count=16, anchor_size=(64, 32), degradation=scaled_degradation(128, 64), seed=0)
+
+
+def first_and_last(history, kind):
+    values = [entry[kind] for entry in history if kind in entry]
+    return values[0], values[-1]
+
+
+def test_latent_cache_holds_every_input_of_detail_training(cache):
+    assert len(cache) == 16
+    assert cache.latents.shape == (16, 16, 2, 4, 8) and cache.anchors.shape == (16, 16, 2, 2, 4)
+    assert cache.degraded.shape == (16, 16, 2, 2, 4)  # the token grid of a 4x8 latent with 2x2 patches
+    assert cache.embeds.shape == (16, 32, 32) and cache.empty.shape == (32, 32)
+
+
+def test_detail_training_loss_goes_down(pipe, cache):
+    cfg = TrainConfig(steps=60, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10,
+                      shortcut=ShortcutConfig(sc_prob=0.0)).validate()
+    result = train_detail(pipe.detail_transformer, cache, cfg, lambda _: None)
+    first, last = first_and_last(result.history, "fm")
+    assert result.steps == 60 and last < 0.7 * first
+
+
+def test_shortcut_steps_run_and_the_anchor_model_learns(pipe, cache):
+    mixed = TrainConfig(steps=6, batch_size=4, lr=1e-4, log_every=3, ema=0.9, shortcut=ShortcutConfig(sc_prob=0.5)).validate()
+    history = train_detail(pipe.detail_transformer, cache, mixed, lambda _: None).history
+    assert any("sc" in entry for entry in history) and any("fm" in entry for entry in history)
+    cfg = TrainConfig(steps=40, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10).validate()
+    first, last = first_and_last(train_anchor(pipe.transformer, cache, cfg, lambda _: None).history, "fm")
+    assert last < 0.7 * first
+
+
+def test_vae_training_loss_goes_down(pipe):
+    source = SyntheticClips(seed=0, size=8, frames=5, width=64, height=32)
+    cfg = TrainConfig(steps=8, batch_size=2, lr=2e-3, betas=(0.9, 0.999), log_every=4).validate()
+    first, last = first_and_last(train_vae(pipe.vae, source, cfg, VaeLossConfig(crop=(32, 64)), lambda _: None).history, "vae")
+    assert last < first
+
+
+@pytest.fixture(scope="module")
+def bundle_and_cache(tmp_path_factory, pipe, cache):
+    root = tmp_path_factory.mktemp("train")
+    cache.save(root / "cache.pt")
+    return write_bundle(pipe, root / "bundle"), root / "cache.pt"
+
+
+def invoke(*args):
+    from cli.main import app
+
+    return CliRunner().invoke(app, ["train", *map(str, args)])
+
+
+def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
+    bundle, cache_file = bundle_and_cache
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run replaces the first one's bundle
+        result = invoke("detail", "--model", bundle, "--latents", cache_file, "--out", out, "--steps", "3",
+                        "--batch-size", "2", "--device", "cpu", "--report", tmp_path / "r.json", "--sc-prob", "0.5")
+        assert result.exit_code == 0, result.output
+    assert (out / "detail_transformer").is_dir() and json.loads((tmp_path / "r.json").read_text())["steps"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["detail", "--latents", "{missing}", "--lam", "0.7"], "does not exist"),
+        (["detail", "--latents", "{cache}", "--sc-starts", ""], "dt candidate set is empty"),
+        (["detail", "--latents", "{cache}", "--lam", "-1"], "lambda must be >= 0"),
+        (["detail", "--latents", "{cache}", "--dt-levels", "0"], "dt candidate set is empty"),
+        (["encode", "--data", "{missing}"], "does not exist"),
+        (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(bundle_and_cache, tmp_path, args, message):
+    bundle, cache_file = bundle_and_cache
+    bad = tmp_path / "captions.jsonl"
+    bad.write_text('{"video": "a.mp4", "caption": "x"}\n{"video": \n')
+    (tmp_path / "a.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous checkpoint")
+    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad)
+    args = [a.format(**fill) for a in args]
+    result = invoke(*args, "--model", bundle, "--out", out, "--device", "cpu")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert (out / "keep.txt").read_text() == "previous checkpoint"
+
+
+def test_the_default_model_is_the_shipped_trained_bundle():
+    from pixelwizard.bundle import check_bundle
+
+    path = default_model_path()
+    assert path.name == "pixelwizard-tiny" and check_bundle(path) == path
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["detail_transformer"][1] == "PixelWizardTransformer3DModel"
