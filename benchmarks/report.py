@@ -192,7 +192,50 @@ def pipeline_lines(pipe: dict[str, Any], transformer: dict[str, Any] | None) -> 
     return lines, summaries
 
 
-def target_lines(transformer: dict[str, Any] | None, summaries: list[dict], env: dict[str, Any]) -> list[str]:
+def load_end_to_end(folder: Path) -> list[dict[str, Any]]:
+    """Every uninterrupted render in ``end_to_end*.json``, each with the device it ran on."""
+    renders = []
+    for path in sorted(folder.glob("end_to_end*.json")):
+        data = json.loads(path.read_text())
+        for render in data["renders"]:
+            renders.append({**render, "gpu": data["environment"].get("gpu") or "cpu",
+                            "gpu_memory_gb": data["environment"].get("gpu_memory_gb"), "file": path.name})
+    return renders
+
+
+def end_to_end_native(render: dict[str, Any], transformer: dict[str, Any] | None) -> dict[str, float] | None:
+    """Native 50-step baseline for a measured render: its own text, decode and encode + 100 stock forwards."""
+    sizes = {r["size"]: r for r in (transformer or {}).get("sizes", [])}
+    if render["preset"] not in sizes:
+        return None
+    st = render["stages"]
+    sampling = NATIVE_STEPS * 2 * sizes[render["preset"]]["stock"]["seconds"]
+    total = st["text"]["seconds"] + sampling + st["decode"]["seconds"] + st["encode"]["seconds"]
+    return {"native_total": total, "speedup": total / render["seconds"],
+            "sampling_speedup": sampling / (st["anchor"]["seconds"] + st["detail"]["seconds"])}
+
+
+def end_to_end_lines(renders: list[dict[str, Any]], transformer: dict[str, Any] | None) -> list[str]:
+    lines = ["### Uninterrupted renders (`benchmarks/end_to_end.py`)", "",
+             "One call of the pipeline in a fresh process (nothing warmed up), default plan, then the MP4 encoded "
+             "and decoded back to check its size and frame count. Seconds per stage (peak GB).", ""]
+    rows = []
+    for r in renders:
+        st = r["stages"]
+        cells = [f"{st[k]['seconds']:.1f} ({_f(st[k]['peak_gb'])})" for k in ("text", "anchor", "detail", "decode")]
+        native = end_to_end_native(r, transformer)
+        check = r["video_checked"]
+        rows.append([r["gpu"], r["preset"], r["run"], *cells, _f(st["encode"]["seconds"]), _f(r["seconds"]),
+                     _f(r["peak_gb"]), f"{check['width']}x{check['height']}, {check['frames']} frames",
+                     _f(native["speedup"]) if native else "-"])
+    lines += _table(["device", "preset", "run", "text", "anchor", "detail", "decode", "encode (CPU)", "end to end s",
+                     "peak GB", "MP4 decoded", "speed-up vs native"], rows)
+    return lines + ["Speed-up vs native: the render's own text, decode and encode plus 100 stock forwards of the "
+                    "transformer table (timed on that table's card), over the render's measured time.", ""]
+
+
+def target_lines(transformer: dict[str, Any] | None, summaries: list[dict], env: dict[str, Any],
+                 renders: list[dict[str, Any]] | None = None) -> list[str]:
     lines = ["### Targets", ""]
     rows = []
     for r in (transformer or {}).get("sizes", []):
@@ -200,17 +243,28 @@ def target_lines(transformer: dict[str, Any] | None, summaries: list[dict], env:
             rows.append([f"ours <= {TARGET_RATIO}x stock forward at {r['size']}", f"{r['ratio']:.3f}x",
                          "met" if r["ratio"] <= TARGET_RATIO else "NOT met"])
     card = env.get("gpu_memory_gb")
+    for r in renders or []:
+        native = end_to_end_native(r, transformer)
+        if r["preset"] == "2k":
+            rows.append([f"2K end to end <= {TARGET_2K_SECONDS:.0f} s, one uninterrupted render on {r['gpu']}",
+                         f"{r['seconds']:.0f} s", "met" if r["seconds"] <= TARGET_2K_SECONDS else "NOT met"])
+        if r["preset"] == "4k" and r.get("gpu_memory_gb"):
+            rows.append([f"4K end to end on one {r['gpu']} ({r['gpu_memory_gb']:.1f} GB), one uninterrupted render",
+                         f"{r['seconds']:.0f} s, peak {r['peak_gb']:.1f} GB", "met"])
+        if native:
+            rows.append([f"{r['preset']} end-to-end speed-up vs native >= {TARGET_SPEEDUP:.0f}x ({r['gpu']} render)",
+                         f"{native['speedup']:.1f}x", "met" if native["speedup"] >= TARGET_SPEEDUP else "NOT met"])
     for s in summaries:
         if "total" not in s:
             continue
         if s["preset"] == "2k":
-            rows.append([f"2K end to end <= {TARGET_2K_SECONDS:.0f} s (target set on an H200; measured on {env.get('gpu')})",
+            rows.append([f"2K end to end <= {TARGET_2K_SECONDS:.0f} s, stage sum on {env.get('gpu')}",
                          f"{s['total']:.0f} s", "met" if s["total"] <= TARGET_2K_SECONDS else "NOT met"])
         if s["preset"] == "4k" and s.get("peak_gb") is not None:
-            rows.append([f"4K end to end on one {env.get('gpu')} ({card:.1f} GB)", f"peak {s['peak_gb']:.1f} GB (largest stage)",
+            rows.append([f"4K on one {env.get('gpu')} ({card:.1f} GB), stage by stage", f"peak {s['peak_gb']:.1f} GB (largest stage)",
                          "met (stage by stage)" if s["peak_gb"] < card else "NOT met"])
         if "speedup" in s:
-            rows.append([f"{s['preset']} end-to-end speed-up vs native >= {TARGET_SPEEDUP:.0f}x", f"{s['speedup']:.1f}x",
+            rows.append([f"{s['preset']} end-to-end speed-up vs native >= {TARGET_SPEEDUP:.0f}x (stage sum)", f"{s['speedup']:.1f}x",
                          "met" if s["speedup"] >= TARGET_SPEEDUP else "NOT met"])
     return lines + _table(["target", "measured", "status"], rows)
 
@@ -236,7 +290,10 @@ def main() -> None:
     decode = _load(args.results, "decode")
     if decode:
         lines += decode_lines(decode)
-    lines += target_lines(transformer, summaries, env)
+    renders = load_end_to_end(args.results)
+    if renders:
+        lines += end_to_end_lines(renders, transformer)
+    lines += target_lines(transformer, summaries, env, renders)
     text = "\n".join(lines)
     if args.out:
         args.out.write_text(text)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command (docs/performance.md).
 #
-#   bash benchmarks/run.sh [PART ...]        PART: ceilings, transformer, pipeline, decode, report
-#                                            (default: all)
+#   bash benchmarks/run.sh [PART ...]        PART: ceilings, transformer, pipeline, decode, end_to_end,
+#                                            report (default: all but end_to_end)
 #
 # Installs the wheels carried in .whl/ when diffusers is missing (the GPU machine has torch and
 # transformers but not diffusers), then writes JSON, logs and results.md to $OUT, or to
 # benchmarks/results/ when $OUT is unset. Extra arguments for a part: TRANSFORMER_ARGS,
-# PIPELINE_ARGS (e.g. PIPELINE_ARGS="--tiny --device cpu" for a CPU dry run), PIPELINE_NAME (file stem).
+# PIPELINE_ARGS (e.g. PIPELINE_ARGS="--tiny --device cpu" for a CPU dry run), PIPELINE_NAME (file stem),
+# E2E_ARGS (e.g. E2E_ARGS="--presets 2k --repeat 2"), E2E_NAME (file stem).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,8 @@ for part in "${parts[@]}"; do
       | tee "$out/transformer.log" ;;
     pipeline) name="${PIPELINE_NAME:-pipeline}"
       python3 -m benchmarks.pipeline --out "$out/$name.json" ${PIPELINE_ARGS:-} 2>&1 | tee "$out/$name.log" ;;
+    end_to_end) name="${E2E_NAME:-end_to_end}"
+      python3 -m benchmarks.end_to_end --out "$out/$name.json" ${E2E_ARGS:-} 2>&1 | tee "$out/$name.log" ;;
     decode) python3 -m benchmarks.decode --out "$out/decode.json" 2>&1 | tee "$out/decode.log" ;;
     report) python3 -m benchmarks.report --results "$out" --out "$out/results.md" 2>&1 | tee "$out/report.log" ;;
     *) echo "unknown part $part"; exit 2 ;;

@@ -28,6 +28,7 @@ Batch = Annotated[int, typer.Option(help="Clips per step.")]
 Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
 Beta1 = Annotated[float, typer.Option(help="AdamW beta1 (SPEC.md 7: 0).")]
 Warmup = Annotated[int, typer.Option(help="Linear learning-rate warmup steps.")]
+LrDecay = Annotated[str, typer.Option(help="none, or cosine to 0 over the run (steps or --max-seconds).")]
 Ema = Annotated[float, typer.Option(help="EMA decay of the saved weights; 0 = off (SPEC.md 7: 0.99).")]
 Seed = Annotated[int, typer.Option(help="Seed of data order, noise and initial weights.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -146,6 +147,7 @@ def train_vae_command(
     lr: Lr = 3e-4,
     beta1: Beta1 = 0.9,
     warmup: Warmup = 100,
+    lr_decay: LrDecay = "none",
     seed: Seed = 0,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
@@ -156,7 +158,8 @@ def train_vae_command(
 
     settings = dict(locals())
     target = _setup(device)
-    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup, seed=seed,
+    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
+                  lr_decay=lr_decay, seed=seed,
                   max_seconds=max_seconds)
     try:
         loss_cfg = VaeLossConfig(kl_weight=kl_weight, edge_weight=edge_weight, crop=_parse_size(crop)).validate()
@@ -236,6 +239,7 @@ def train_anchor_command(
     lr: Lr = 3e-4,
     beta1: Beta1 = 0.9,
     warmup: Warmup = 100,
+    lr_decay: LrDecay = "none",
     ema: Ema = 0.0,
     shift: Shift = 5.0,
     cfg_dropout: Dropout = 0.1,
@@ -248,7 +252,8 @@ def train_anchor_command(
     """Train the anchor (base) model with plain flow matching on anchor-size latents."""
     settings = dict(locals())
     target = _setup(device)
-    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup, ema=ema,
+    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
+                  lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
                   max_seconds=max_seconds)
     cache = _cache(latents, target)
@@ -280,11 +285,13 @@ def train_detail_command(
     dt_grid: Annotated[str, typer.Option(help="aligned (noise-span) or fixed (ablation).")] = "aligned",
     calibration: Annotated[bool, typer.Option(help="Adaptive noise-span calibration weight.")] = True,
     adapter_only: Annotated[bool, typer.Option(help="Train only the anchor injector and dt embedding.")] = False,
+    reinit: Annotated[bool, typer.Option(help="Start the detail model from fresh weights (seed), keep the rest.")] = False,
     steps: Steps = 1000,
     batch_size: Batch = 16,
     lr: Lr = 2e-4,
     beta1: Beta1 = 0.0,
     warmup: Warmup = 0,
+    lr_decay: LrDecay = "none",
     ema: Ema = 0.0,
     shift: Shift = 5.0,
     cfg_dropout: Dropout = 0.1,
@@ -301,11 +308,16 @@ def train_detail_command(
     target = _setup(device)
     shortcut = ShortcutConfig(sc_prob=sc_prob, starts=_starts(sc_starts), levels=dt_levels, lam=lam,
                               k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)
-    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup, ema=ema,
+    cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
+                  lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing,
                   adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut)
     cache = _cache(latents, target)
     pipe = _open(model, target, seed)
+    if reinit:
+        from pixelwizard.training.checkpoints import fresh_copy
+
+        pipe.register_modules(detail_transformer=fresh_copy(pipe.detail_transformer, seed))
 
     from pixelwizard.training.trainer import train_detail
 

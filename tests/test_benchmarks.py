@@ -19,8 +19,14 @@ def test_suite_runs_at_tiny_sizes_and_reports(tmp_path):
         "--out", str(tmp_path / "transformer.json"))
     run("benchmarks.pipeline", "--tiny", "--device", "cpu", "--presets", "2k", "--detail-cfg", "sequential",
         "--skip-encode", "--out", str(tmp_path / "pipeline.json"))
+    run("benchmarks.end_to_end", "--tiny", "--device", "cpu", "--presets", "2k", "--out", str(tmp_path / "end_to_end.json"))
     run("benchmarks.report", "--results", str(tmp_path), "--out", str(tmp_path / "results.md"))
     transformer = json.loads((tmp_path / "transformer.json").read_text())
     assert [row["size"] for row in transformer["sizes"]] == ["anchor", "2k"]
     report = (tmp_path / "results.md").read_text()
     assert "ours/stock" in report and "end to end" in report and "### Targets" in report
+    render = json.loads((tmp_path / "end_to_end.json").read_text())["renders"][0]
+    assert list(render["stages"]) == ["text", "anchor", "detail", "decode", "encode"]
+    assert render["video_checked"] == {"width": 256, "height": 128, "frames": 9}  # the MP4 decoded back
+    assert render["seconds"] >= sum(stage["seconds"] for stage in render["stages"].values()) * 0.99
+    assert "Uninterrupted renders" in report and "256x128, 9 frames" in report

@@ -157,3 +157,18 @@ def test_training_settings_default_to_the_spec_and_are_checked():
     assert (sc.sc_prob, sc.starts, sc.levels, sc.lam, sc.calibration_clamp) == (0.3, (500.0, 600.0, 700.0, 800.0), 6, 0.7, (0.1, 10.0))
     with pytest.raises(ConfigError, match="EMA"):
         TrainConfig(ema=1.0).validate()
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
+    from pixelwizard.training.trainer import learning_rate
+
+    flat = TrainConfig(lr=1e-3, warmup_steps=10).validate()
+    assert learning_rate(flat, 4, 0.5) == pytest.approx(5e-4) and learning_rate(flat, 500, 0.9) == pytest.approx(1e-3)
+    cosine = TrainConfig(lr=1e-3, warmup_steps=10, lr_decay="cosine").validate()
+    assert learning_rate(cosine, 4, 0.0) == pytest.approx(5e-4)
+    assert learning_rate(cosine, 100, 0.5) == pytest.approx(5e-4)  # cos(pi / 2) = 0: half way down
+    assert learning_rate(cosine, 100, 0.25) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate(cosine, 100, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(cosine, 100, 1.7) == pytest.approx(0.0, abs=1e-12)  # a time limit overshot by the last step
+    with pytest.raises(ConfigError, match="lr decay"):
+        TrainConfig(lr_decay="linear").validate()

@@ -123,3 +123,25 @@ def test_the_default_model_is_the_shipped_trained_bundle():
     assert size <= 30 * 2**20
     index = json.loads((path / "model_index.json").read_text())
     assert index["detail_transformer"][1] == "PixelWizardTransformer3DModel"
+
+
+def test_reinit_starts_the_detail_model_from_fresh_weights_and_keeps_the_rest(bundle_and_cache, tmp_path):
+    from pixelwizard.bundle import load_bundle
+
+    bundle, cache_file = bundle_and_cache
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = invoke("detail", "--model", bundle, "--latents", cache_file, "--out", out, "--steps", "1",
+                        "--batch-size", "2", "--device", "cpu", "--reinit", "--seed", "5", "--lr", "1e-9")
+        assert result.exit_code == 0, result.output
+        outs.append(load_bundle(out, device="cpu", dtype=torch.float32))
+    start = load_bundle(bundle, device="cpu", dtype=torch.float32)
+    fresh, again = (dict(p.detail_transformer.named_parameters()) for p in outs)
+    before = dict(start.detail_transformer.named_parameters())
+    name = "blocks.0.attn1.to_q.weight"
+    assert not torch.allclose(fresh[name], before[name])  # new weights ...
+    assert torch.allclose(fresh[name], again[name])  # ... drawn from the seed
+    for component in ("vae", "transformer"):  # the rest of the bundle is carried over untouched
+        for (key, a), b in zip(getattr(outs[0], component).state_dict().items(), getattr(start, component).state_dict().values()):
+            assert torch.equal(a, b), f"{component}.{key}"

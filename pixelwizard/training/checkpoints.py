@@ -26,6 +26,12 @@ def open_training_pipeline(model: str, device: str, seed: int = 0):
     return load_bundle(model, device=device, dtype=torch.float32)
 
 
+def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A model of the same class and config with freshly initialised weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return type(model).from_config(model.config).to(device=model.device, dtype=model.dtype)
+
+
 def write_bundle(pipe, destination: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """save_pretrained into a temporary sibling folder, then swap it in for ``destination``.
 

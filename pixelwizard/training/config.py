@@ -66,6 +66,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    lr_decay: str = "none"  # or "cosine": to 0 over the run (by steps, or by time under max_seconds)
     ema: float = 0.0  # EMA decay of the saved weights, 0 = off (SPEC.md 7: optional, 0.99)
     cfg_dropout: float = 0.1
     shift: float = 5.0  # sigma shift of the training timestep grid
@@ -84,6 +85,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         _check(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
         _check(self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}")
+        _check(self.lr_decay in ("none", "cosine"), f"lr decay must be none or cosine, got {self.lr_decay!r}")
         _check(0 <= self.ema < 1, f"EMA decay must lie in [0, 1), got {self.ema}")
         _check(0 <= self.cfg_dropout <= 1, f"CFG dropout must lie in [0, 1], got {self.cfg_dropout}")
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")

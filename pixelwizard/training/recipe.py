@@ -2,14 +2,17 @@
 
 Runs ``pixelwizard train`` commands as subprocesses:
 
-1. ``vae`` from random weights;
+1. ``vae``, from ``--start`` (``random``, or a bundle whose VAE training continues);
 2. ``encode`` synthetic clips into a latent cache with that VAE;
-3. in parallel: ``anchor`` (plain flow matching, until the end) and the detail model's
-   flow-matching warm start (``detail --sc-prob 0``);
+3. in parallel: ``anchor`` (plain flow matching, until the end; continues the start bundle's
+   anchor model) and the detail model's flow-matching warm start from fresh weights
+   (``detail --sc-prob 0 --reinit``);
 4. from the warm start, in parallel: shortcut training (the shipped model), flow matching only
    (the baseline), and one ablation per technique (uniform k, fixed-grid dt, calibration off);
 5. assemble the bundle (float16 weights) and save the other detail models beside it.
 
+``--phases vae`` stops after 1 and leaves the VAE in ``<out>/vae``; ``--phases transformers``
+skips 1 and takes the VAE from ``--start`` (so one run can be split over two shorter calls).
 Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
 
     python -m pixelwizard.training.recipe --work /tmp/work --out /tmp/result [--budget 530] [--toy]
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +39,10 @@ BRANCHES: dict[str, list[str]] = {
     "no_calibration": ["--no-calibration"],
 }
 STARTUP_SECONDS = 15.0  # a command's import, load and save time outside its --max-seconds
+PHASES = ("all", "vae", "transformers")
+# Where each phase ends, as a fraction of the budget: (vae, encode, detail warm start).
+SPLITS = {"all": (0.36, 0.48, 0.66), "vae": (1.0, 1.0, 1.0), "transformers": (0.0, 0.12, 0.40)}
+DECAY = ["--lr-decay", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -126,42 +134,49 @@ def assemble(work: Path, out: Path, branches_done: list[str]) -> None:
         model.save_pretrained(out / "variants" / name, safe_serialization=True)
 
 
-def run_recipe(work: Path, out: Path, budget: float, scale: Scale) -> dict:
-    """Run every phase; write and return the summary (ok is False when the bundle could not be made)."""
+def run_recipe(work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all") -> dict:
+    """Run the phases; write and return the summary (ok is False when their result could not be made)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(work, time.monotonic() + budget, scale.device)
-    summary = {"ok": False, "branches": []}
+    summary = {"ok": False, "branches": [], "start": start, "phases": phases}
     try:
-        summary |= _phases(runner, work, out, scale)
+        summary |= _phases(runner, work, out, scale, start, phases)
     finally:
         summary |= {"records": runner.records, "total_s": runner.elapsed()}
         (out / "recipe.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _phases(runner: Runner, work: Path, out: Path, scale: Scale) -> dict:
+def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str) -> dict:
     cache = str(work / "cache.pt")
-    if not runner.run("vae", ["vae", "--model", "random", "--out", str(work / "vae"), "--lr", "5e-4",
-                              "--warmup", "100", "--steps", "1000000", "--seed", "0", *scale.vae],
-                      runner.seconds_until(0.36)):
-        return {}
-    if not runner.run("encode", ["encode", "--model", str(work / "vae"), "--out", cache, "--seed", "1", *scale.encode],
-                      runner.seconds_until(0.48)):
+    vae_end, encode_end, warm_end = SPLITS[phases]
+    base = start
+    if phases != "transformers":
+        base = str(work / "vae")
+        if not runner.run("vae", ["vae", "--model", start, "--out", base, "--lr", "5e-4", "--warmup", "100",
+                                  *DECAY, "--steps", "1000000", "--seed", "0", *scale.vae],
+                          runner.seconds_until(vae_end)):
+            return {}
+        if phases == "vae":
+            shutil.copytree(Path(base) / "vae", out / "vae", dirs_exist_ok=True)
+            return {"ok": True}
+    if not runner.run("encode", ["encode", "--model", base, "--out", cache, "--seed", "1", *scale.encode],
+                      runner.seconds_until(encode_end)):
         return {}
     anchor = runner.start(
         "anchor",
-        ["anchor", "--model", str(work / "vae"), "--latents", cache, "--out", str(work / "anchor"),
-         "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", "--ema", "0.99",
+        ["anchor", "--model", base, "--latents", cache, "--out", str(work / "anchor"),
+         "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", *DECAY, "--ema", "0.99",
          "--steps", "1000000", "--seed", "2"],
         runner.seconds_until(),
     )
     warm_ok = runner.run(
         "detail_warmstart",
-        ["detail", "--model", str(work / "vae"), "--latents", cache, "--out", str(work / "detail_warmstart"),
+        ["detail", "--model", base, "--reinit", "--latents", cache, "--out", str(work / "detail_warmstart"),
          "--sc-prob", "0", "--batch-size", str(scale.detail_batch), "--lr", "3e-4", "--beta1", "0.9",
          "--warmup", "200", "--ema", "0.99", "--steps", "1000000", "--seed", "3"],
-        runner.seconds_until(0.66),
+        runner.seconds_until(warm_end),
     )
     branches_done = []
     if warm_ok:
@@ -170,7 +185,7 @@ def _phases(runner: Runner, work: Path, out: Path, scale: Scale) -> dict:
             name: runner.start(
                 name,
                 ["detail", "--model", str(work / "detail_warmstart"), "--latents", cache, "--out", str(work / name),
-                 "--batch-size", str(scale.detail_batch), "--lr", "1e-4", "--ema", "0.99", "--steps", "1000000",
+                 "--batch-size", str(scale.detail_batch), "--lr", "1e-4", *DECAY, "--ema", "0.99", "--steps", "1000000",
                  "--seed", "4", *extra],
                 seconds,
             )
@@ -190,8 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the bundle, the variants and recipe.json")
     parser.add_argument("--budget", type=float, default=530.0, help="wall-clock seconds for the whole run")
     parser.add_argument("--toy", action="store_true", help="toy sizes on the CPU, to check the recipe end to end")
+    parser.add_argument("--start", default="random", help="'random', or the bundle the VAE phase continues from")
+    parser.add_argument("--phases", default="all", choices=PHASES,
+                        help="all; vae (stop after the VAE); transformers (VAE taken from --start)")
     args = parser.parse_args(argv)
-    summary = run_recipe(args.work, args.out, args.budget, TOY if args.toy else FULL)
+    if args.start != "random" and not (Path(args.start) / "model_index.json").is_file():
+        parser.error(f"--start {args.start} is not a bundle folder (no model_index.json)")
+    summary = run_recipe(args.work, args.out, args.budget, TOY if args.toy else FULL, args.start, args.phases)
     sys.exit(0 if summary["ok"] else 1)
 
 

@@ -9,6 +9,7 @@ self-consistency choice is drawn from a generator every rank seeds alike.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -87,6 +88,14 @@ def _sync_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad /= world
 
 
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over ``warmup_steps``, then constant or cosine to 0 as ``progress`` goes 0 -> 1."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_decay == "cosine":
+        warm *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm
+
+
 def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig, log: Log) -> TrainResult:
     """AdamW (SPEC.md 7 settings from ``cfg``), linear warmup, grad clipping, optional EMA, time limit."""
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -98,8 +107,11 @@ def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig
     for step in range(cfg.steps):
         if cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds:
             break
+        progress = step / cfg.steps
+        if cfg.max_seconds is not None:  # a timed run ends at whichever limit comes first
+            progress = max(progress, (time.monotonic() - start) / cfg.max_seconds)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            group["lr"] = learning_rate(cfg, step, progress)
         loss, kind = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
