@@ -66,10 +66,12 @@ PRESETS: dict[str, Preset] = {
         detail_guidance=5.0, decode_chunks=4,
     ),
     # Sized for a laptop CPU and the bundled tiny model: 5 latent frames, 16x28 detail latent.
+    # Detail CFG 1: the tiny detail model never saw the release's unconditional branch (empty
+    # prompt, real anchor; SPEC.md 5 and 7), and at CFG 5 its colours drift (docs/quality.md).
     "tiny": Preset(
         name="tiny", num_frames=17, anchor_width=224, anchor_height=128, anchor_steps=20, anchor_shift=5.0,
         anchor_guidance=5.0, detail_width=448, detail_height=256, detail_steps=4, detail_shift=5.5,
-        detail_guidance=5.0, decode_chunks=1,
+        detail_guidance=1.0, decode_chunks=1,
     ),
 }
 
