@@ -6,8 +6,10 @@ from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.memory import StageOffloader
 from pixelwizard.presets import execution_plan, get_preset
 
+# Detail CFG 5 (the 2k/4k value) so that both guidance branches run in the detail stage too.
 FAST = get_preset("tiny").with_overrides(
-    num_frames=5, anchor_width=64, anchor_height=32, anchor_steps=3, detail_width=128, detail_height=64
+    num_frames=5, anchor_width=64, anchor_height=32, anchor_steps=3, detail_width=128, detail_height=64,
+    detail_guidance=5.0,
 )
 
 
