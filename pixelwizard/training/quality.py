@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default="1,2,4,8,32")
     parser.add_argument("--solver", default="unipc", choices=("unipc", "euler"))
     parser.add_argument("--detail-guidance", type=float, default=1.0, help="detail-stage CFG scale (tables and samples)")
+    parser.add_argument("--compare-guidance", type=float, default=get_preset("2k").detail_guidance,
+                        help="a second detail CFG scale for the text-to-video table (default: the 2k/4k presets')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=Path, default=Path("examples/prompts.txt"))
     args = parser.parse_args(argv)
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     samples = render_samples(pipe, args.samples, preset, args.out.parent / "samples")
     detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log)
-    guidances = [preset.detail_guidance] + ([shipped.detail_guidance] if shipped.detail_guidance != preset.detail_guidance else [])
+    guidances = [preset.detail_guidance] + [g for g in (args.compare_guidance,) if g is not None and g != preset.detail_guidance]
     adherence, examples = adherence_table(pipe, preset, args.prompts, guidances, log)
     sheet_dir = args.out.parent / "samples"
     contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / "detail-comparison.png")
