@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 
-import typer
-
-from cli.batch import batch_app, cache_app, jobs_app
-from cli.convert import convert
-from cli.db import db_app
-from cli.render import render
-from cli.train import train_app
-
 # Nothing may reach for a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Prefect's ephemeral API server gets 20 s to start; its first start on a fresh machine (a new
+# database to migrate) can take longer on two busy cores, and the whole batch then fails.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import typer  # noqa: E402
+
+from cli.batch import batch_app, cache_app, jobs_app  # noqa: E402
+from cli.convert import convert  # noqa: E402
+from cli.db import db_app  # noqa: E402
+from cli.render import render  # noqa: E402
+from cli.train import train_app  # noqa: E402
 
 app = typer.Typer(
     name="pixelwizard",

@@ -37,6 +37,17 @@ def test_help_answers_quickly_without_importing_torch(env):
     assert probe.stdout.strip() == "False"
 
 
+def test_the_cli_gives_prefects_ephemeral_server_time_to_start_unless_told_otherwise(env):
+    """Prefect itself reads the longer start-up limit the CLI sets, and a user's own value wins."""
+    code = ("import cli.main; from prefect.settings import get_current_settings; "
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    clean = {k: v for k, v in env.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    for extra, expected in (({}, "120"), ({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "45"}, "45")):
+        probe = subprocess.run([sys.executable, "-c", code], env={**clean, **extra}, capture_output=True, text=True,
+                               cwd=REPO)
+        assert probe.stdout.strip() == expected, probe.stderr[-500:]
+
+
 def test_render_writes_mp4s_named_by_prompt_id_with_the_right_frames_and_size(env, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "red-circle", "prompt": "a red circle moves right", "seed": 4}\n'
