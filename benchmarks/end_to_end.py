@@ -20,6 +20,7 @@ from typing import Any
 from benchmarks.common import environment, log, peak_gb, pick_device, reset_peak, sync, timed, write_json
 from benchmarks.pipeline import PROMPT, NEGATIVE, build_pipeline, preset_for
 from pixelwizard.presets import execution_plan
+from pixelwizard.video import encode_video, probe_video
 
 
 class StageClock:
@@ -50,8 +51,6 @@ class StageClock:
 
 def render_once(pipe, name: str, tiny: bool, device: str, video: Path, index: int) -> dict[str, Any]:
     """Render ``name`` end to end (text, anchor, detail, decode), encode and verify the MP4."""
-    from pixelwizard.video import encode_video, probe_video
-
     preset = preset_for(name, tiny)
     plan = execution_plan(name)
     clock = StageClock(device)

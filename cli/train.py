@@ -100,7 +100,7 @@ def _cache(path: Path, device: str):
 
 
 def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
-    from pixelwizard.training.checkpoints import write_bundle
+    from pixelwizard.bundle import write_bundle
 
     if not _is_main():
         return

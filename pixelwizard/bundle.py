@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "detail_transformer", "scheduler")
@@ -67,6 +71,42 @@ def bundle_revision(path: str | os.PathLike) -> str:
     except OSError:
         pass  # a read-only bundle just hashes again next time
     return revision
+
+
+@contextmanager
+def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to fill; renamed onto ``destination`` only if the block succeeds.
+
+    A folder already at ``destination`` is swapped out and removed after the new one is in place,
+    so a failed or interrupted write never leaves half a bundle or damages the previous one.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        yield staging
+        if destination.exists():
+            retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            os.replace(destination, retired)
+            os.replace(staging, destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_bundle(pipe, destination: str | os.PathLike, dtype=None) -> Path:
+    """``save_pretrained`` the pipeline as a bundle folder, atomically (``staged_folder``).
+
+    ``dtype`` (float16 for the shipped bundle) converts the pipeline's weights before saving.
+    """
+    with staged_folder(destination) as staging:
+        if dtype is not None:
+            pipe.to(dtype=dtype)
+        pipe.save_pretrained(staging, safe_serialization=True)
+    return Path(destination)
 
 
 def load_bundle(path: str | os.PathLike, device: str = "cpu", dtype=None):

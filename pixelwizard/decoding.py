@@ -18,6 +18,13 @@ import torch
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]  # latent (B,C,F,h,w) -> video (B,3,T,H,W) in [-1, 1]
 
 
+def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (1, C, 1, 1, 1) from the VAE's config: latent = (raw - mean) / std."""
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    return mean, std
+
+
 def chunk_spans(latent_width: int, chunks: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) latent columns of each chunk: equal widths, neighbours sharing >= overlap columns."""
     if chunks < 1:

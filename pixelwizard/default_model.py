@@ -8,9 +8,6 @@ size keeps tests fast, the "trained" size is the shape the shipped bundle was tr
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 DEFAULT_SEED = 0
@@ -130,20 +127,6 @@ def build_tiny_pipeline(seed: int = DEFAULT_SEED, vocabulary: tuple[str, ...] = 
         detail_transformer=detail,
         scheduler=flow_scheduler(shift=5.0),
     )
-
-
-def save_bundle_atomically(pipeline, destination: Path) -> Path:
-    """save_pretrained into a sibling temporary folder, then rename it onto ``destination``."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        pipeline.save_pretrained(staging, safe_serialization=True)
-        os.replace(staging, destination)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not destination.is_dir():  # another process may have won the race; that is fine
-            raise
-    return destination
 
 
 def default_model_path() -> Path:

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler, WanTransformer3DModel
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
-from pixelwizard.decoding import decode_frames
+from pixelwizard.decoding import decode_frames, latent_stats
 from pixelwizard.guidance import guided_velocity
 from pixelwizard.memory import Offload, StageOffloader
 from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
@@ -125,9 +125,8 @@ class PixelWizardPipeline(DiffusionPipeline):
 
     # -- stage 0: text ---------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """UMT5 embeddings of the prompt and the negative prompt, zero past each text's end (as Wan)."""
-        texts = [prompt, negative_prompt or ""]
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """UMT5 embeddings (N, L, D) of ``texts``, zero past each text's end (as Wan)."""
         length = self.tokenizer.model_max_length
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
@@ -136,8 +135,11 @@ class PixelWizardPipeline(DiffusionPipeline):
             device = self.text_encoder.device
             mask = tokens.attention_mask.to(device)
             hidden = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
-            hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
-        cond, uncond = hidden.chunk(2)
+            return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of the prompt and the negative prompt (empty when None)."""
+        cond, uncond = self.embed_texts([prompt, negative_prompt or ""]).chunk(2)
         return cond, uncond
 
     # -- stage 1: anchor --------------------------------------------------------------------
@@ -221,9 +223,7 @@ class PixelWizardPipeline(DiffusionPipeline):
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, *, chunks: int = 1, overlap: int = 3) -> torch.Tensor:
         """uint8 frames (T, H, W, 3) from a normalised latent, in width chunks if asked (SPEC.md 6)."""
-        config = self.vae.config
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+        mean, std = latent_stats(self.vae)
         raw = latent.float() * std + mean
 
         def decode_piece(piece: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ import httpx
 import psutil
 from sqlalchemy import select
 
-from pixelwizard.default_model import build_tiny_pipeline, save_bundle_atomically
+from pixelwizard.bundle import write_bundle
+from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.video import read_video
 from storage.database import open_database
 from storage.models import Artifact, ArtifactKind, Job, JobStatus
@@ -153,7 +154,7 @@ def deployment(api: str, name: str) -> dict:
 
 
 def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool(tmp_path):
-    model = str(save_bundle_atomically(build_tiny_pipeline(seed=3), tmp_path / "model" / "tiny"))
+    model = str(write_bundle(build_tiny_pipeline(seed=3), tmp_path / "model" / "tiny"))
     prompts = tmp_path / "nightly.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     database_url = f"sqlite:///{tmp_path / 'pixelwizard.db'}"

@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 
 from flows import job_work, resources
 from flows.batch import anchors, ingest, nightly_batch, resume_batch
-from pixelwizard.default_model import build_tiny_pipeline, save_bundle_atomically
+from pixelwizard.bundle import write_bundle
+from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.video import read_video
 from storage.database import open_database
 from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Batch, Job, JobStatus
@@ -44,7 +45,7 @@ def harness():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
-    return str(save_bundle_atomically(build_tiny_pipeline(seed=3), tmp_path_factory.mktemp("model") / "tiny"))
+    return str(write_bundle(build_tiny_pipeline(seed=3), tmp_path_factory.mktemp("model") / "tiny"))
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pixelwizard.bundle import ModelFolderError, bundle_revision, check_bundle, load_bundle
-from pixelwizard.default_model import build_tiny_pipeline, save_bundle_atomically
+from pixelwizard.bundle import write_bundle
+from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.presets import PresetError, get_preset
 from pixelwizard.seeds import stage_seeds
 
@@ -19,7 +20,7 @@ FAST = get_preset("tiny").with_overrides(
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return save_bundle_atomically(build_tiny_pipeline(seed=7), tmp_path_factory.mktemp("m") / "tiny")
+    return write_bundle(build_tiny_pipeline(seed=7), tmp_path_factory.mktemp("m") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from pixelwizard.default_model import build_tiny_pipeline, default_model_path
-from pixelwizard.training.checkpoints import write_bundle
+from pixelwizard.bundle import write_bundle
 from pixelwizard.training.config import ShortcutConfig, TrainConfig, VaeLossConfig
 from pixelwizard.training.datasets import SyntheticClips
 from pixelwizard.training.degrade import scaled_degradation

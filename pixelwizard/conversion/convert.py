@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,26 +57,19 @@ def convert(
     dtype: torch.dtype | None = torch.bfloat16,
 ) -> Path:
     """Write the bundle ``out`` (which must not exist) and return it."""
-    from pixelwizard.bundle import check_bundle
+    from pixelwizard.bundle import check_bundle, staged_folder
+    from pixelwizard.sampling import flow_scheduler
 
     if out.exists():
         raise ConversionError(f"{out} already exists")
     layout = source_layout(base)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         writer = _from_diffusers if layout == "diffusers" else _from_original
         index, config, base_weights = writer(base, staging, dtype)
         _write_detail(staging / "detail_transformer", config, base_weights, detail, weights, dtype)
-        from pixelwizard.sampling import flow_scheduler
-
         flow_scheduler(shift=5.0).save_pretrained(staging / "scheduler")
         _write_index(staging, index)
         check_bundle(staging)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

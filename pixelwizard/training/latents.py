@@ -14,19 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pixelwizard.decoding import latent_stats
 from pixelwizard.training.datasets import ClipSource
 from pixelwizard.training.degrade import Degradation, degrade
 
 
-def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (1, C, 1, 1, 1) that normalise the VAE's latents (from its config)."""
-    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-    return mean, std
-
-
 @torch.no_grad()
-def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
+def encode_clips(vae, video: torch.Tensor) -> torch.Tensor:
     """Normalised latents (posterior mode) of (B, 3, T, H, W) clips in [-1, 1]; what the pipeline decodes."""
     mean, std = latent_stats(vae)
     raw = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode().float()
@@ -46,18 +40,8 @@ def set_latent_stats(vae, videos: torch.Tensor, batch: int = 8) -> None:
 
 @torch.no_grad()
 def embed_texts(pipe, texts: list[str], batch: int = 256) -> torch.Tensor:
-    """Prompt embeddings (N, L, D) as ``PixelWizardPipeline.encode_prompt`` makes them, in batches."""
-    out = []
-    length = pipe.tokenizer.model_max_length
-    device = pipe.text_encoder.device
-    for start in range(0, len(texts), batch):
-        tokens = pipe.tokenizer(
-            texts[start : start + batch], padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-        )
-        mask = tokens.attention_mask.to(device)
-        hidden = pipe.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
-        out.append((hidden * mask.unsqueeze(-1).to(hidden.dtype)).float().cpu())
-    return torch.cat(out)
+    """Prompt embeddings (N, L, D), float32 on the CPU, made by the pipeline in batches."""
+    return torch.cat([pipe.embed_texts(texts[i : i + batch]).float().cpu() for i in range(0, len(texts), batch)])
 
 
 def resize_latent(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -136,11 +120,11 @@ def build_latent_cache(
     for start in range(0, count, batch):
         chunk = indices[start : start + batch]
         video = source.clips(chunk, vae.device).float()
-        detail = encode_video(vae, video)
+        detail = encode_clips(vae, video)
         grid = (detail.shape[-2] // patch[1], detail.shape[-1] // patch[2])
-        synthetic = encode_video(vae, degrade(video, anchor_size, degradation, generator))
+        synthetic = encode_clips(vae, degrade(video, anchor_size, degradation, generator))
         latents.append(detail.half().cpu())
-        anchors.append(encode_video(vae, area_resize(video, anchor_size)).half().cpu())
+        anchors.append(encode_clips(vae, area_resize(video, anchor_size)).half().cpu())
         degraded.append(resize_latent(synthetic, grid).half().cpu())
         captions += [source.caption(i) for i in chunk]
         if max_seconds is not None and time.monotonic() - started > max_seconds:

@@ -30,7 +30,7 @@ from pixelwizard.presets import Preset, get_preset
 from pixelwizard.sampling import sample
 from pixelwizard.training.datasets import SyntheticClips
 from pixelwizard.training.degrade import degrade, scaled_degradation
-from pixelwizard.training.latents import encode_video, resize_latent
+from pixelwizard.training.latents import encode_clips, resize_latent
 
 EVAL_SEED = 2024  # dataset seed of the held-out evaluation clips (training used other seeds)
 
@@ -84,11 +84,10 @@ def ground_truth_anchor(pipe, video: torch.Tensor, preset: Preset, seed: int) ->
     """SPEC.md 7's anchor synthesis from a ground-truth clip (1, 3, T, H, W), on the token grid."""
     degradation = scaled_degradation(preset.detail_width, preset.anchor_width)
     small = degrade(video, (preset.anchor_width, preset.anchor_height), degradation, torch.Generator().manual_seed(seed))
-    latent = encode_video(pipe.vae, small)
+    latent = encode_clips(pipe.vae, small)
     patch = pipe.detail_transformer.config.patch_size
-    grid = (preset.detail_height // pipe.vae.config.scale_factor_spatial // patch[1],
-            preset.detail_width // pipe.vae.config.scale_factor_spatial // patch[2])
-    return resize_latent(latent, grid), small
+    height, width = pipe.latent_shape(preset.detail_width, preset.detail_height, preset.num_frames)[-2:]
+    return resize_latent(latent, (height // patch[1], width // patch[2])), small
 
 
 def fidelity(frames: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -116,7 +115,7 @@ def detail_table(pipe, variants_dir: Path, preset: Preset, clips: int, steps: li
         anchor, small = ground_truth_anchor(pipe, video, preset, EVAL_SEED + i)
         embeddings = pipe.encode_prompt(source.caption(i))
         results.setdefault(("ground truth", "-"), []).append(fidelity(truth, truth))
-        recon = pipe.decode(encode_video(pipe.vae, video))
+        recon = pipe.decode(encode_clips(pipe.vae, video))
         results.setdefault(("VAE reconstruction", "-"), []).append(fidelity(recon, truth))
         upsampled = torch.nn.functional.interpolate(
             small[0].transpose(0, 1), size=video.shape[-2:], mode="bilinear", align_corners=False

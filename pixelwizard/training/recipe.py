@@ -121,7 +121,7 @@ def assemble(work: Path, out: Path, branches_done: list[str]) -> None:
 
     from pixelwizard.bundle import load_bundle
     from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
-    from pixelwizard.training.checkpoints import write_bundle
+    from pixelwizard.bundle import write_bundle
 
     pipe = load_bundle(work / "anchor", device="cpu", dtype=torch.float32)
     shortcut = PixelWizardTransformer3DModel.from_pretrained(work / "shortcut" / "detail_transformer", torch_dtype=torch.float32)

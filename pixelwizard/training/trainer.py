@@ -1,7 +1,7 @@
 """Training loops: VAE reconstruction, anchor flow matching, detail flow matching + shortcut (SPEC.md 7).
 
 Each trainer updates one module in place and returns its loss history; saving is the caller's
-job (``checkpoints.write_bundle``). Runs one process or several under torch.distributed: the
+job (``pixelwizard.bundle.write_bundle``). Runs one process or several under torch.distributed: the
 gradients and the calibration mean are then averaged over all ranks, and the flow-matching /
 self-consistency choice is drawn from a generator every rank seeds alike.
 """
