@@ -243,6 +243,8 @@ def train_anchor_command(
     ema: Ema = 0.0,
     shift: Shift = 5.0,
     cfg_dropout: Dropout = 0.1,
+    object_weight: Annotated[float, typer.Option(
+        help="Extra loss weight on the object's latent cells (synthetic caches carry its mask); 0 = off.")] = 0.0,
     gradient_checkpointing: Checkpointing = False,
     seed: Seed = 0,
     device: Device = "auto",
@@ -255,8 +257,10 @@ def train_anchor_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                  max_seconds=max_seconds)
+                  max_seconds=max_seconds, object_weight=object_weight)
     cache = _cache(latents, target)
+    if object_weight > 0 and cache.anchor_masks is None:
+        fail(f"--object-weight needs object masks, and {latents} has none (only synthetic data has them)")
     pipe = _open(model, target, seed)
 
     from pixelwizard.training.trainer import train_anchor

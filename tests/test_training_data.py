@@ -9,7 +9,8 @@ import torch
 from pixelwizard.default_model import TINY_VOCABULARY
 from pixelwizard.training.datasets import DatasetError, RealClips, SyntheticClips, open_dataset
 from pixelwizard.training.degrade import RELEASE_FACTOR, RELEASE_KERNELS, RELEASE_SIGMA, degrade, scaled_degradation
-from pixelwizard.training.render import render_scene
+from pixelwizard.training.latents import latent_grid_mask
+from pixelwizard.training.render import object_mask, render_scene
 from pixelwizard.training.scenes import COLOURS, MOTION_PHRASES, caption_words, is_held_out, pose, scene_for
 
 
@@ -112,3 +113,25 @@ def test_a_bad_captions_line_is_named_by_file_and_line(real_clips, tmp_path, con
 def test_a_missing_dataset_is_named(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         open_dataset(str(tmp_path / "nope.jsonl"), frames=5, width=64, height=32, size=0, seed=0)
+
+
+def test_object_mask_covers_exactly_the_pixels_drawn_in_the_object_colour():
+    scene = next(s for s in (scene_for(3, i) for i in range(500)) if s.texture == "solid" and s.pattern == "plain")
+    video = render_scene(scene, 5, 224, 128)
+    mask = object_mask(scene, 5, 224, 128)
+    assert mask.shape == (5, 128, 224) and 0 < mask.mean() < 0.5
+    colour = torch.tensor(COLOURS[scene.colour], dtype=torch.float32).view(3, 1, 1, 1) / 127.5 - 1
+    background = torch.tensor(COLOURS[scene.background], dtype=torch.float32).view(3, 1, 1, 1) / 127.5 - 1
+    assert torch.allclose(video, background + (colour - background) * mask.unsqueeze(0), atol=1e-5)
+
+
+def test_latent_grid_mask_follows_the_causal_vae_frame_groups():
+    mask = torch.zeros(1, 9, 4, 4)
+    mask[0, 0, 0, 0] = 1.0  # frame 0 -> latent frame 0
+    mask[0, 3, :2, :2] = 0.5  # frames 1..4 -> latent frame 1
+    mask[0, 8, 2:, 2:] = 1.0  # frames 5..8 -> latent frame 2
+    grid = latent_grid_mask(mask, (3, 2, 2), temporal=4)
+    assert grid.shape == (1, 1, 3, 2, 2)
+    assert grid[0, 0, 0, 0, 0] == pytest.approx(0.25) and grid[0, 0, 0].sum() == pytest.approx(0.25)
+    assert grid[0, 0, 1, 0, 0] == pytest.approx(0.5) and grid[0, 0, 1].sum() == pytest.approx(0.5)
+    assert grid[0, 0, 2, 1, 1] == pytest.approx(1.0) and grid[0, 0, 2].sum() == pytest.approx(1.0)

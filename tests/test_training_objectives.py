@@ -172,3 +172,13 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
     assert learning_rate(cosine, 100, 1.7) == pytest.approx(0.0, abs=1e-12)  # a time limit overshot by the last step
     with pytest.raises(ConfigError, match="lr decay"):
         TrainConfig(lr_decay="linear").validate()
+
+
+def test_element_weights_give_a_weighted_mean_per_sample_and_object_weights_add_to_one():
+    pred, target = torch.zeros(1, 2, 1, 1, 2), torch.tensor([[[[[1.0, 3.0]]], [[[1.0, 3.0]]]]])  # errors 1 and 9
+    mask = torch.tensor([[[[[0.0, 1.0]]]]])  # (B, 1, F, h, w): the object covers the second cell
+    e = obj.object_weights(mask, 3.0)
+    assert torch.equal(e, torch.tensor([[[[[1.0, 4.0]]]]]))
+    # (1 * 1 + 4 * 9) / (1 + 4) over both channels
+    assert obj.weighted_mse(pred, target, torch.ones(1), e) == pytest.approx(37 / 5)
+    assert obj.weighted_mse(pred, target, torch.ones(1), obj.object_weights(mask, 0.0)) == pytest.approx(5.0)

@@ -1,5 +1,6 @@
 """Trainers on the CPU at toy size (loss goes down), the train command's bad-input handling, the shipped bundle."""
 
+import dataclasses
 import json
 
 import pytest
@@ -145,3 +146,42 @@ def test_reinit_starts_the_detail_model_from_fresh_weights_and_keeps_the_rest(bu
     for component in ("vae", "transformer"):  # the rest of the bundle is carried over untouched
         for (key, a), b in zip(getattr(outs[0], component).state_dict().items(), getattr(start, component).state_dict().values()):
             assert torch.equal(a, b), f"{component}.{key}"
+
+
+def test_synthetic_caches_carry_object_masks_and_the_anchor_object_weight_uses_them(pipe, cache):
+    assert cache.anchor_masks.shape == (16, 1, 2, 2, 4)  # one channel on the anchor latent grid
+    assert 0 < cache.anchor_masks.float().mean() < 1 and cache.anchor_masks.max() <= 1
+    cfg = TrainConfig(steps=30, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, object_weight=4.0).validate()
+    first, last = first_and_last(train_anchor(pipe.transformer, cache, cfg, lambda _: None).history, "fm")
+    assert last < first
+    without = dataclasses.replace(cache, anchor_masks=None)
+    with pytest.raises(ValueError, match="object masks"):
+        train_anchor(pipe.transformer, without, cfg, lambda _: None)
+
+
+def test_object_weight_without_masks_is_a_one_line_error(bundle_and_cache, cache, tmp_path):
+    bundle, _ = bundle_and_cache
+    dataclasses.replace(cache, anchor_masks=None).save(tmp_path / "real.pt")
+    result = invoke("anchor", "--model", bundle, "--latents", tmp_path / "real.pt", "--out", tmp_path / "out",
+                    "--object-weight", "2", "--device", "cpu")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "needs object masks" in lines[0], result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_process_data_parallel_run_stops_together_on_its_time_limit(bundle_and_cache, tmp_path):
+    """Real torchrun, two CPU processes over gloo: the ranks agree on the time limit (else one hangs or fails)."""
+    import os
+    import subprocess
+    import sys
+
+    bundle, cache_file = bundle_and_cache
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.train",
+               "detail", "--model", str(bundle), "--latents", str(cache_file), "--out", str(tmp_path / "out"),
+               "--steps", "100000", "--max-seconds", "4", "--batch-size", "2", "--lr-decay", "cosine",
+               "--device", "cpu", "--report", str(tmp_path / "r.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())["steps"] > 1
+    assert (tmp_path / "out" / "detail_transformer").is_dir()

@@ -74,6 +74,7 @@ class TrainConfig:
     max_seconds: float | None = None  # stop early when this much wall time has passed
     gradient_checkpointing: bool = False
     adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
+    object_weight: float = 0.0  # anchor model: extra loss weight on the object's latent cells (0 = off)
     log_every: int = 25
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
@@ -90,6 +91,7 @@ class TrainConfig:
         _check(0 <= self.cfg_dropout <= 1, f"CFG dropout must lie in [0, 1], got {self.cfg_dropout}")
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
         _check(self.max_seconds is None or self.max_seconds > 0, f"max seconds must be > 0, got {self.max_seconds}")
+        _check(self.object_weight >= 0, f"object weight must be >= 0, got {self.object_weight}")
         _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
         self.shortcut.validate()
         return self

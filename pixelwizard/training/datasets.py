@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from pixelwizard.training.render import render_scenes
+from pixelwizard.training.render import object_mask, render_scenes
 from pixelwizard.training.scenes import Split, scene_for
 
 
@@ -59,6 +59,10 @@ class SyntheticClips:
 
     def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
         return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device)
+
+    def object_masks(self, indices: Sequence[int], width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Object coverage of each clip at ``width`` x ``height``, (B, frames, height, width) in [0, 1]."""
+        return torch.stack([object_mask(self.scene(i), self.frames, width, height, device) for i in indices])
 
 
 def fit_clip(video: torch.Tensor, frames: int, width: int, height: int) -> torch.Tensor:

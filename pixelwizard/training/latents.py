@@ -54,6 +54,19 @@ def resize_latent(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return flat.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
 
 
+def latent_grid_mask(mask: torch.Tensor, grid: tuple[int, int, int], temporal: int) -> torch.Tensor:
+    """(B, frames, H, W) pixel coverage -> (B, 1, F, h, w) on a causal VAE's latent grid.
+
+    Latent frame 0 holds pixel frame 0 and latent frame j the ``temporal`` frames ending at
+    ``temporal * j`` (the Wan VAE's causal grouping); a latent cell takes the largest coverage
+    over its frames and the mean over its pixels.
+    """
+    frames, height, width = grid
+    groups = [mask[:, :1]] + [mask[:, temporal * j - temporal + 1 : temporal * j + 1] for j in range(1, frames)]
+    pooled = torch.stack([g.amax(dim=1) for g in groups], dim=1)  # (B, F, H, W)
+    return F.adaptive_avg_pool2d(pooled, (height, width)).unsqueeze(1)
+
+
 def area_resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, 3, T, H, W) clips area-resized to (width, height) = ``size``: the clean anchor-size clip."""
     batch, frames = video.shape[0], video.shape[2]
@@ -71,6 +84,7 @@ class LatentCache:
     embeds: torch.Tensor  # (N, L, D) prompt embeddings
     empty: torch.Tensor  # (L, D) embedding of the empty prompt (CFG dropout)
     captions: list[str]
+    anchor_masks: torch.Tensor | None = None  # (N, 1, F, ha, wa) object coverage on the anchor latent grid (synthetic data)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -115,7 +129,8 @@ def build_latent_cache(
     vae = pipe.vae
     patch = pipe.detail_transformer.config.patch_size
     generator = torch.Generator().manual_seed(seed)
-    latents, anchors, degraded, captions = [], [], [], []
+    latents, anchors, degraded, masks, captions = [], [], [], [], []
+    object_masks = getattr(source, "object_masks", None)
     indices = [i % len(source) for i in range(count)]
     for start in range(0, count, batch):
         chunk = indices[start : start + batch]
@@ -125,6 +140,9 @@ def build_latent_cache(
         synthetic = encode_clips(vae, degrade(video, anchor_size, degradation, generator))
         latents.append(detail.half().cpu())
         anchors.append(encode_clips(vae, area_resize(video, anchor_size)).half().cpu())
+        if object_masks is not None:
+            cover = object_masks(chunk, *anchor_size, vae.device)
+            masks.append(latent_grid_mask(cover, anchors[-1].shape[2:], vae.config.scale_factor_temporal).half().cpu())
         degraded.append(resize_latent(synthetic, grid).half().cpu())
         captions += [source.caption(i) for i in chunk]
         if max_seconds is not None and time.monotonic() - started > max_seconds:
@@ -137,4 +155,5 @@ def build_latent_cache(
         embeds=embeds[:-1],
         empty=embeds[-1],
         captions=captions,
+        anchor_masks=torch.cat(masks) if masks else None,
     )

@@ -62,10 +62,26 @@ def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """mean_i w_i * mean((pred_i - target_i)^2): a per-sample weighted MSE."""
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+def weighted_mse(
+    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, element_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """mean_i w_i * sum(e_i (pred_i - target_i)^2) / sum(e_i): per-sample weights w, optional element weights e.
+
+    ``element_weights`` broadcasts against ``pred`` (e.g. (B, 1, F, h, w) over channels); without it
+    e = 1 and this is mean_i w_i * mean((pred_i - target_i)^2).
+    """
+    squared = (pred.float() - target.float()).pow(2)
+    if element_weights is None:
+        per_sample = squared.flatten(1).mean(1)
+    else:
+        e = element_weights.float().expand_as(squared)
+        per_sample = (e * squared).flatten(1).sum(1) / e.flatten(1).sum(1)
     return (weights.to(per_sample) * per_sample).mean()
+
+
+def object_weights(mask: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """1 + object_weight * coverage: extra loss weight where the object is (synthetic data knows its mask)."""
+    return 1.0 + object_weight * mask.float()
 
 
 def dt_candidates(start: float, levels: int, grid: str = "aligned") -> list[tuple[int, int]]:

@@ -15,6 +15,10 @@ Runs ``pixelwizard train`` commands as subprocesses:
 skips 1 and takes the VAE from ``--start`` (so one run can be split over two shorter calls).
 Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
 
+On several GPUs (``gpu_plan``) the VAE trains data-parallel on all of them (torchrun), the
+anchor model gets GPU 0 to itself, the detail warm start runs data-parallel on the others, and the
+shortcut and flow-matching-only branches get one GPU each where there are enough.
+
     python -m pixelwizard.training.recipe --work /tmp/work --out /tmp/result [--budget 530] [--toy]
 """
 
@@ -43,6 +47,7 @@ PHASES = ("all", "vae", "transformers")
 # Where each phase ends, as a fraction of the budget: (vae, encode, detail warm start).
 SPLITS = {"all": (0.36, 0.48, 0.66), "vae": (1.0, 1.0, 1.0), "transformers": (0.0, 0.12, 0.40)}
 DECAY = ["--lr-decay", "cosine"]
+OBJECT_WEIGHT = 4.0  # anchor model: the object's latent cells count 5x (docs/training.md, run 3)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Scale:
 
 FULL = Scale(
     vae=["--frames", "9", "--crop", "96x160", "--batch-size", "12"],
-    encode=["--clips", "16384", "--batch-size", "32"],
+    encode=["--clips", "8192", "--batch-size", "32"],  # about 1.3 MB a clip at 4x8x8: 11 GB in all
     anchor_batch=64,
     detail_batch=32,
     device="cuda",
@@ -73,11 +78,27 @@ TOY = Scale(
 )
 
 
+def gpu_plan(count: int) -> dict[str, list[int]]:
+    """GPU indices per command for ``count`` GPUs ([] = the default device, one process).
+
+    One GPU (or none): everything shares it, as processes side by side. Several: ``vae`` on all
+    (data-parallel), ``encode`` and ``anchor`` on GPU 0, ``detail_warmstart`` on the rest
+    (data-parallel), and the branches in ``BRANCHES`` order on GPUs 1, 2, ..., the ones left over
+    sharing the last GPU (the shipped shortcut model and its flow-matching-only baseline come first).
+    """
+    if count <= 1:
+        return {name: [] for name in ("vae", "encode", "anchor", "detail_warmstart", *BRANCHES)}
+    rest = list(range(1, count))
+    plan = {"vae": list(range(count)), "encode": [0], "anchor": [0], "detail_warmstart": rest}
+    plan |= {name: [rest[min(i, len(rest) - 1)]] for i, name in enumerate(BRANCHES)}
+    return plan
+
+
 class Runner:
     """Starts train commands, logs them, and tells each how long it may run."""
 
-    def __init__(self, work: Path, deadline: float, device: str) -> None:
-        self.work, self.deadline, self.device = work, deadline, device
+    def __init__(self, work: Path, deadline: float, device: str, gpus: dict[str, list[int]]) -> None:
+        self.work, self.deadline, self.device, self.gpus = work, deadline, device, gpus
         self.records: list[dict] = []
         self.started = time.monotonic()
 
@@ -87,13 +108,22 @@ class Runner:
         return max(5.0, end - time.monotonic() - STARTUP_SECONDS)
 
     def start(self, name: str, args: list[str], max_seconds: float) -> tuple[subprocess.Popen, dict]:
-        argv = [sys.executable, "-m", "cli.train", *args, "--device", self.device,
-                "--max-seconds", f"{max_seconds:.0f}", "--report", str(self.work / f"{name}.json")]
-        record = {"name": name, "command": " ".join(["pixelwizard", "train", *argv[3:]]), "start_s": self.elapsed()}
-        log = (self.work / f"{name}.log").open("w")
+        """Start ``pixelwizard train ARGS`` on this command's GPUs (under torchrun where it has several)."""
+        train_args = [*args, "--device", self.device, "--max-seconds", f"{max_seconds:.0f}",
+                      "--report", str(self.work / f"{name}.json")]
+        gpus = self.gpus.get(name, [])
         env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"[{record['start_s']:6.1f}s] start {name}: {record['command']}", flush=True)
+        launcher = [sys.executable, "-m", "cli.train"]
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        if len(gpus) > 1:
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        f"--nproc-per-node={len(gpus)}", "-m", "cli.train"]
+        record = {"name": name, "command": " ".join(["pixelwizard", "train", *train_args]), "gpus": gpus,
+                  "start_s": self.elapsed()}
+        log = (self.work / f"{name}.log").open("w")
+        process = subprocess.Popen([*launcher, *train_args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"[{record['start_s']:6.1f}s] start {name} on GPUs {gpus or 'default'}: {record['command']}", flush=True)
         return process, record
 
     def finish(self, process: subprocess.Popen, record: dict) -> bool:
@@ -134,12 +164,14 @@ def assemble(work: Path, out: Path, branches_done: list[str]) -> None:
         model.save_pretrained(out / "variants" / name, safe_serialization=True)
 
 
-def run_recipe(work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all") -> dict:
-    """Run the phases; write and return the summary (ok is False when their result could not be made)."""
+def run_recipe(
+    work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all", gpus: int = 1
+) -> dict:
+    """Run the phases on ``gpus`` GPUs; write and return the summary (ok is False when their result could not be made)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(work, time.monotonic() + budget, scale.device)
-    summary = {"ok": False, "branches": [], "start": start, "phases": phases}
+    runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus))
+    summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus}
     try:
         summary |= _phases(runner, work, out, scale, start, phases)
     finally:
@@ -168,7 +200,7 @@ def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, pha
         "anchor",
         ["anchor", "--model", base, "--latents", cache, "--out", str(work / "anchor"),
          "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", *DECAY, "--ema", "0.99",
-         "--steps", "1000000", "--seed", "2"],
+         "--object-weight", str(OBJECT_WEIGHT), "--steps", "1000000", "--seed", "2"],
         runner.seconds_until(),
     )
     warm_ok = runner.run(
@@ -208,10 +240,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", default="random", help="'random', or the bundle the VAE phase continues from")
     parser.add_argument("--phases", default="all", choices=PHASES,
                         help="all; vae (stop after the VAE); transformers (VAE taken from --start)")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="GPUs to spread the commands over (default: all visible ones; 1 = share one)")
     args = parser.parse_args(argv)
     if args.start != "random" and not (Path(args.start) / "model_index.json").is_file():
         parser.error(f"--start {args.start} is not a bundle folder (no model_index.json)")
-    summary = run_recipe(args.work, args.out, args.budget, TOY if args.toy else FULL, args.start, args.phases)
+    scale = TOY if args.toy else FULL
+    gpus = args.gpus
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if scale.device == "cuda" else 1
+    if gpus < 1:
+        parser.error(f"--gpus must be at least 1, got {gpus}")
+    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus)
     sys.exit(0 if summary["ok"] else 1)
 
 

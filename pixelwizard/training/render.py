@@ -86,37 +86,52 @@ def _rgb(name: str | tuple[int, int, int], device: torch.device) -> torch.Tensor
     return torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1, 1)
 
 
-def render_scene(
-    scene: Scene, frames: int, width: int, height: int, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """The clip of one scene, (3, frames, height, width) in [-1, 1]."""
-    device = torch.device(device)
+def _canvas_coordinates(width: int, height: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Pixel-centre coordinates in reference pixels, (1, H, 1) and (1, 1, W), and output pixels per reference pixel."""
     sx, sy = width / REFERENCE_SIZE[0], height / REFERENCE_SIZE[1]
-    pixel = min(sx, sy)  # output pixels per reference pixel
     y = ((torch.arange(height, device=device) + 0.5) / sy).view(1, height, 1)
     x = ((torch.arange(width, device=device) + 0.5) / sx).view(1, 1, width)
+    return x, y, min(sx, sy)
 
-    background = _rgb(scene.background, device)
-    pattern = background_pattern(scene.pattern, x, y, pixel)
-    canvas = background + (_rgb(shade(COLOURS[scene.background]), device) - background) * pattern
 
-    pose = torch.tensor(poses(scene, frames), dtype=torch.float32, device=device)
+def _object_frame(scene: Scene, frames: int, x: torch.Tensor, y: torch.Tensor, pixel: float):
+    """Per frame: object-frame coordinates qx, qy, signed distance to the outline (< 0 inside), local pixel size."""
+    pose = torch.tensor(poses(scene, frames), dtype=torch.float32, device=x.device)
     cx, cy, scale, rotation = (pose[:, i].view(frames, 1, 1) for i in range(4))
     dx, dy = x - cx, y - cy
     cos, sin = torch.cos(rotation), torch.sin(rotation)
     qx = (cos * dx + sin * dy) / scale  # object frame, reference pixels at scale 1, y down
     qy = (-sin * dx + cos * dy) / scale
     phi = torch.atan2(qx, -qy)  # 0 = up, growing clockwise
-    edge = torch.sqrt(qx * qx + qy * qy) - scene.radius * outline_radius(scene.shape, phi)  # < 0 inside
-    local_pixel = pixel * scale
-    cover = (0.5 - edge * local_pixel).clamp(0, 1)
+    edge = torch.sqrt(qx * qx + qy * qy) - scene.radius * outline_radius(scene.shape, phi)
+    return qx, qy, edge, pixel * scale
 
+
+def render_scene(
+    scene: Scene, frames: int, width: int, height: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The clip of one scene, (3, frames, height, width) in [-1, 1]."""
+    device = torch.device(device)
+    x, y, pixel = _canvas_coordinates(width, height, device)
+    background = _rgb(scene.background, device)
+    pattern = background_pattern(scene.pattern, x, y, pixel)
+    canvas = background + (_rgb(shade(COLOURS[scene.background]), device) - background) * pattern
+
+    qx, qy, edge, local_pixel = _object_frame(scene, frames, x, y, pixel)
+    cover = (0.5 - edge * local_pixel).clamp(0, 1)
     colour = _rgb(scene.colour, device)
     texture = _object_texture(scene, qx, qy, edge, local_pixel)
     if scene.texture_colour is not None:
         colour = colour + (_rgb(scene.texture_colour, device) - colour) * texture
     video = canvas + (colour - canvas) * cover
     return video / 127.5 - 1
+
+
+def object_mask(scene: Scene, frames: int, width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """How much of each pixel the object covers, (frames, height, width) in [0, 1] (same edges as render_scene)."""
+    x, y, pixel = _canvas_coordinates(width, height, torch.device(device))
+    _, _, edge, local_pixel = _object_frame(scene, frames, x, y, pixel)
+    return (0.5 - edge * local_pixel).clamp(0, 1)
 
 
 def render_scenes(

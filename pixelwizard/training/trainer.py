@@ -26,6 +26,7 @@ from pixelwizard.training.objectives import (
     cfg_dropout,
     flow_target,
     noisy,
+    object_weights,
     sample_fm_timesteps,
     sample_shortcut_steps,
     teacher_target,
@@ -88,6 +89,15 @@ def _sync_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad /= world
 
 
+def _agreed_elapsed(seconds: float, device: torch.device) -> float:
+    """The largest elapsed time over all ranks, so that every rank takes the same learning rate and stops at the same step."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value)
+
+
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over ``warmup_steps``, then constant or cosine to 0 as ``progress`` goes 0 -> 1."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
@@ -105,11 +115,12 @@ def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig
     history: list[dict[str, float]] = []
     done = 0
     for step in range(cfg.steps):
-        if cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds:
-            break
         progress = step / cfg.steps
         if cfg.max_seconds is not None:  # a timed run ends at whichever limit comes first
-            progress = max(progress, (time.monotonic() - start) / cfg.max_seconds)
+            elapsed = _agreed_elapsed(time.monotonic() - start, params[0].device)
+            if elapsed > cfg.max_seconds:
+                break
+            progress = max(progress, elapsed / cfg.max_seconds)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, progress)
         loss, kind = loss_fn(step)
@@ -174,8 +185,15 @@ def _batch(cache: LatentCache, indices: torch.Tensor, name: str, device: torch.d
 
 
 def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) -> TrainResult:
-    """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout."""
+    """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout.
+
+    With ``cfg.object_weight`` > 0 each latent cell's error is weighted by 1 + object_weight x the
+    object's coverage of it (the cache's ``anchor_masks``): the object is a small part of the frame,
+    and without the weight a small model learns the background first.
+    """
     device = transformer.device
+    if cfg.object_weight > 0 and cache.anchor_masks is None:
+        raise ValueError("an object weight needs object masks, which only synthetic latent caches have")
     grid = timestep_grid(cfg.shift)
     generator = torch.Generator().manual_seed(cfg.seed + rank())
     noise_generator = torch.Generator(device).manual_seed(cfg.seed + rank())
@@ -192,7 +210,10 @@ def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) ->
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
         with autocast(device):
             pred = transformer(noisy(x0, noise, t.to(device)), t.to(device), embeds, return_dict=False)[0]
-        return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid).to(device)), "fm"
+        element = None
+        if cfg.object_weight > 0:
+            element = object_weights(_batch(cache, indices, "anchor_masks", device), cfg.object_weight)
+        return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid).to(device), element), "fm"
 
     result = run_loop(loss_fn, [p for p in transformer.parameters()], cfg, log)
     transformer.eval().requires_grad_(False)
