@@ -1,6 +1,7 @@
 """The training recipe's GPU plan: which command runs on which GPUs, and how it is launched."""
 
 import sys
+from pathlib import Path
 
 from pixelwizard.training.recipe import BRANCHES, Runner, gpu_plan
 
@@ -33,3 +34,63 @@ def test_commands_on_several_gpus_run_under_torchrun_with_their_devices(tmp_path
     assert fm_argv[:4] == [sys.executable, "-m", "cli.train", "detail"] and fm_env["CUDA_VISIBLE_DEVICES"] == "2"
     assert record["gpus"] == [0, 1, 2, 3] and single["gpus"] == [2]
     assert "--max-seconds" in vae_argv and vae_argv[vae_argv.index("--device") + 1] == "cuda"
+
+
+def test_detail_only_plan_gives_the_warm_start_and_the_branches_every_gpu():
+    branches = ("shortcut", "fm_only", "uniform_k", "fixed_dt")
+    plan = gpu_plan(4, branches, anchor=False)
+    assert "anchor" not in plan and plan["detail_warmstart"] == [0, 1, 2, 3]
+    assert [plan[name] for name in branches] == [[0], [1], [2], [3]]
+
+
+def test_detail_phase_trains_branches_then_a_later_call_adds_one_from_the_same_warm_start(tmp_path):
+    """Toy sizes on the CPU, real subprocesses: call 1 trains the warm start and two branches from
+    the shipped bundle's VAE and anchor model; call 2 trains a third branch from call 1's warm start."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pixelwizard.default_model import default_model_path
+    from pixelwizard.training.recipe import TOY, DetailPlan, run_recipe
+
+    start = str(default_model_path())
+    first = run_recipe(tmp_path / "w1", tmp_path / "o1", 60, TOY, start, "detail", 1,
+                       DetailPlan(("shortcut", "fm_only"), steps=3))
+    assert first["ok"] and first["branches"] == ["shortcut", "fm_only"]
+    steps = {record["name"]: record["steps"] for record in first["records"]}
+    assert set(steps) == {"encode", "detail_warmstart", "shortcut", "fm_only"}  # no VAE, no anchor training
+    assert steps["shortcut"] == steps["fm_only"] == 3 and steps["detail_warmstart"] >= 1
+    bundle = tmp_path / "o1" / "pixelwizard-tiny"
+    shipped_anchor = load_file(Path(start) / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(t, load_file(bundle / "transformer" / "diffusion_pytorch_model.safetensors")[k])
+               for k, t in shipped_anchor.items())  # the anchor model is the start bundle's
+    assert (tmp_path / "o1" / "variants" / "fm_only" / "config.json").is_file()
+
+    second = run_recipe(tmp_path / "w2", tmp_path / "o2", 45, TOY, start, "detail", 1,
+                        DetailPlan(("no_calibration",), steps=2, warmstart=tmp_path / "o1" / "warmstart"))
+    assert second["ok"] and [r["name"] for r in second["records"]] == ["encode", "no_calibration"]
+    assert second["records"][1]["steps"] == 2
+    assert not (tmp_path / "o2" / "pixelwizard-tiny").exists()  # no shortcut branch: no bundle
+    assert (tmp_path / "o2" / "variants" / "no_calibration" / "config.json").is_file()
+    weights = "diffusion_pytorch_model.safetensors"
+    carried = load_file(tmp_path / "o1" / "warmstart" / weights)
+    used = load_file(tmp_path / "w2" / "detail_warmstart" / "detail_transformer" / weights)
+    assert carried.keys() == used.keys() and all(torch.equal(carried[k], used[k]) for k in carried)
+    assert json.loads((tmp_path / "o2" / "recipe.json").read_text())["warmstart"] == str(tmp_path / "o1" / "warmstart")
+
+
+def test_recipe_rejects_unknown_branches_and_a_missing_warm_start(tmp_path):
+    import subprocess
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pixelwizard.training.recipe", "--work", str(tmp_path / "w"),
+                               "--out", str(tmp_path / "o"), "--toy", *args], capture_output=True, text=True)
+
+    bad = run("--branches", "shortcut,nope")
+    assert bad.returncode == 2 and "--branches 'shortcut,nope'" in bad.stderr
+    missing = run("--phases", "detail", "--start", "pixelwizard/assets/pixelwizard-tiny", "--warmstart", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "is not a detail model folder" in missing.stderr
+    no_start = run("--phases", "detail")
+    assert no_start.returncode == 2 and "--phases detail needs --start" in no_start.stderr
+    assert not (tmp_path / "o").exists()  # nothing written

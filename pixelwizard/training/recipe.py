@@ -12,12 +12,16 @@ Runs ``pixelwizard train`` commands as subprocesses:
 5. assemble the bundle (float16 weights) and save the other detail models beside it.
 
 ``--phases vae`` stops after 1 and leaves the VAE in ``<out>/vae``; ``--phases transformers``
-skips 1 and takes the VAE from ``--start`` (so one run can be split over two shorter calls).
+skips 1 and takes the VAE from ``--start`` (so one run can be split over two shorter calls);
+``--phases detail`` also keeps ``--start``'s anchor model and trains only the detail models.
+``--branches`` picks which branches of 4 to train, ``--branch-steps`` caps their steps (so a branch
+trained in a later call can match the others' step count), and ``--warmstart`` takes the warm start
+from an earlier call's ``<out>/warmstart`` instead of training it.
 Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
 
 On several GPUs (``gpu_plan``) the VAE trains data-parallel on all of them (torchrun), the
-anchor model gets GPU 0 to itself, the detail warm start runs data-parallel on the others, and the
-shortcut and flow-matching-only branches get one GPU each where there are enough.
+anchor model gets GPU 0 to itself, the detail warm start runs data-parallel on the others (on all
+of them when no anchor model is trained), and the branches get one GPU each where there are enough.
 
     python -m pixelwizard.training.recipe --work /tmp/work --out /tmp/result [--budget 530] [--toy]
 """
@@ -43,9 +47,10 @@ BRANCHES: dict[str, list[str]] = {
     "no_calibration": ["--no-calibration"],
 }
 STARTUP_SECONDS = 15.0  # a command's import, load and save time outside its --max-seconds
-PHASES = ("all", "vae", "transformers")
+PHASES = ("all", "vae", "transformers", "detail")
 # Where each phase ends, as a fraction of the budget: (vae, encode, detail warm start).
-SPLITS = {"all": (0.36, 0.48, 0.66), "vae": (1.0, 1.0, 1.0), "transformers": (0.0, 0.12, 0.40)}
+SPLITS = {"all": (0.36, 0.48, 0.66), "vae": (1.0, 1.0, 1.0), "transformers": (0.0, 0.12, 0.40),
+          "detail": (0.0, 0.13, 0.42)}
 DECAY = ["--lr-decay", "cosine"]
 OBJECT_WEIGHT = 4.0  # anchor model: the object's latent cells count 5x (docs/training.md, run 3)
 
@@ -78,20 +83,22 @@ TOY = Scale(
 )
 
 
-def gpu_plan(count: int) -> dict[str, list[int]]:
+def gpu_plan(count: int, branches: tuple[str, ...] = tuple(BRANCHES), anchor: bool = True) -> dict[str, list[int]]:
     """GPU indices per command for ``count`` GPUs ([] = the default device, one process).
 
     One GPU (or none): everything shares it, as processes side by side. Several: ``vae`` on all
     (data-parallel), ``encode`` and ``anchor`` on GPU 0, ``detail_warmstart`` on the rest
-    (data-parallel), and the branches in ``BRANCHES`` order on GPUs 1, 2, ..., the ones left over
-    sharing the last GPU (the shipped shortcut model and its flow-matching-only baseline come first).
+    (data-parallel; on all when there is no ``anchor`` command), and ``branches`` in order on those
+    GPUs, the ones left over sharing the last (the shipped shortcut model and its
+    flow-matching-only baseline come first).
     """
+    names = ("vae", "encode", *(("anchor",) if anchor else ()), "detail_warmstart", *branches)
     if count <= 1:
-        return {name: [] for name in ("vae", "encode", "anchor", "detail_warmstart", *BRANCHES)}
-    rest = list(range(1, count))
+        return {name: [] for name in names}
+    rest = list(range(1, count)) if anchor else list(range(count))
     plan = {"vae": list(range(count)), "encode": [0], "anchor": [0], "detail_warmstart": rest}
-    plan |= {name: [rest[min(i, len(rest) - 1)]] for i, name in enumerate(BRANCHES)}
-    return plan
+    plan |= {name: [rest[min(i, len(rest) - 1)]] for i, name in enumerate(branches)}
+    return {name: plan[name] for name in names}
 
 
 class Runner:
@@ -145,18 +152,18 @@ class Runner:
         return round(time.monotonic() - self.started, 1)
 
 
-def assemble(work: Path, out: Path, branches_done: list[str]) -> None:
-    """The shipped bundle (anchor run's components + shortcut detail model, float16) and the other detail models."""
+def assemble(components: Path, work: Path, out: Path, branches_done: list[str]) -> None:
+    """The shipped bundle (``components``' other models + shortcut detail model, float16) and the other detail models."""
     import torch
 
-    from pixelwizard.bundle import load_bundle
+    from pixelwizard.bundle import load_bundle, write_bundle
     from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
-    from pixelwizard.bundle import write_bundle
 
-    pipe = load_bundle(work / "anchor", device="cpu", dtype=torch.float32)
-    shortcut = PixelWizardTransformer3DModel.from_pretrained(work / "shortcut" / "detail_transformer", torch_dtype=torch.float32)
-    pipe.register_modules(detail_transformer=shortcut)
-    write_bundle(pipe, out / "pixelwizard-tiny", dtype=torch.float16)
+    if "shortcut" in branches_done:
+        pipe = load_bundle(components, device="cpu", dtype=torch.float32)
+        shortcut = PixelWizardTransformer3DModel.from_pretrained(work / "shortcut" / "detail_transformer", torch_dtype=torch.float32)
+        pipe.register_modules(detail_transformer=shortcut)
+        write_bundle(pipe, out / "pixelwizard-tiny", dtype=torch.float16)
     for name in branches_done:
         if name == "shortcut":
             continue
@@ -164,27 +171,39 @@ def assemble(work: Path, out: Path, branches_done: list[str]) -> None:
         model.save_pretrained(out / "variants" / name, safe_serialization=True)
 
 
+@dataclass(frozen=True)
+class DetailPlan:
+    """Which detail branches to train, how many steps at most, and an earlier call's warm start (None = train it)."""
+
+    branches: tuple[str, ...] = tuple(BRANCHES)
+    steps: int = 1_000_000
+    warmstart: Path | None = None
+
+
 def run_recipe(
-    work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all", gpus: int = 1
+    work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all", gpus: int = 1,
+    detail: DetailPlan = DetailPlan(),
 ) -> dict:
     """Run the phases on ``gpus`` GPUs; write and return the summary (ok is False when their result could not be made)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus))
-    summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus}
+    runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus, detail.branches, phases != "detail"))
+    summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus,
+               "requested_branches": list(detail.branches), "branch_steps": detail.steps,
+               "warmstart": str(detail.warmstart) if detail.warmstart else None}
     try:
-        summary |= _phases(runner, work, out, scale, start, phases)
+        summary |= _phases(runner, work, out, scale, start, phases, detail)
     finally:
         summary |= {"records": runner.records, "total_s": runner.elapsed()}
         (out / "recipe.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str) -> dict:
+def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str, detail: DetailPlan) -> dict:
     cache = str(work / "cache.pt")
     vae_end, encode_end, warm_end = SPLITS[phases]
     base = start
-    if phases != "transformers":
+    if phases in ("all", "vae"):
         base = str(work / "vae")
         if not runner.run("vae", ["vae", "--model", start, "--out", base, "--lr", "5e-4", "--warmup", "100",
                                   *DECAY, "--steps", "1000000", "--seed", "0", *scale.vae],
@@ -196,39 +215,46 @@ def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, pha
     if not runner.run("encode", ["encode", "--model", base, "--out", cache, "--seed", "1", *scale.encode],
                       runner.seconds_until(encode_end)):
         return {}
-    anchor = runner.start(
+    anchor = None if phases == "detail" else runner.start(
         "anchor",
         ["anchor", "--model", base, "--latents", cache, "--out", str(work / "anchor"),
          "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", *DECAY, "--ema", "0.99",
          "--object-weight", str(OBJECT_WEIGHT), "--steps", "1000000", "--seed", "2"],
         runner.seconds_until(),
     )
-    warm_ok = runner.run(
-        "detail_warmstart",
-        ["detail", "--model", base, "--reinit", "--latents", cache, "--out", str(work / "detail_warmstart"),
-         "--sc-prob", "0", "--batch-size", str(scale.detail_batch), "--lr", "3e-4", "--beta1", "0.9",
-         "--warmup", "200", "--ema", "0.99", "--steps", "1000000", "--seed", "3"],
-        runner.seconds_until(warm_end),
-    )
+    warm = work / "detail_warmstart"
+    if detail.warmstart is None:
+        warm_ok = runner.run(
+            "detail_warmstart",
+            ["detail", "--model", base, "--reinit", "--latents", cache, "--out", str(warm),
+             "--sc-prob", "0", "--batch-size", str(scale.detail_batch), "--lr", "3e-4", "--beta1", "0.9",
+             "--warmup", "200", "--ema", "0.99", "--steps", "1000000", "--seed", "3"],
+            runner.seconds_until(warm_end),
+        )
+        if warm_ok:  # kept, so that a later call can train more branches from the same warm start
+            shutil.copytree(warm / "detail_transformer", out / "warmstart", dirs_exist_ok=True)
+    else:  # the start bundle with the earlier call's warm-start detail model in it
+        shutil.copytree(base, warm, dirs_exist_ok=True, ignore=shutil.ignore_patterns("detail_transformer"))
+        shutil.copytree(detail.warmstart, warm / "detail_transformer", dirs_exist_ok=True)
+        warm_ok = True
     branches_done = []
     if warm_ok:
         seconds = runner.seconds_until()
         started = {
             name: runner.start(
                 name,
-                ["detail", "--model", str(work / "detail_warmstart"), "--latents", cache, "--out", str(work / name),
-                 "--batch-size", str(scale.detail_batch), "--lr", "1e-4", *DECAY, "--ema", "0.99", "--steps", "1000000",
-                 "--seed", "4", *extra],
+                ["detail", "--model", str(warm), "--latents", cache, "--out", str(work / name),
+                 "--batch-size", str(scale.detail_batch), "--lr", "1e-4", *DECAY, "--ema", "0.99",
+                 "--steps", str(detail.steps), "--seed", "4", *BRANCHES[name]],
                 seconds,
             )
-            for name, extra in BRANCHES.items()
+            for name in detail.branches
         }
         branches_done = [name for name, (process, record) in started.items() if runner.finish(process, record)]
-    anchor_ok = runner.finish(*anchor)
-    ok = anchor_ok and "shortcut" in branches_done
-    if ok:
-        assemble(work, out, branches_done)
-    return {"ok": ok, "branches": branches_done}
+    anchor_ok = anchor is None or runner.finish(*anchor)
+    if anchor_ok and branches_done:
+        assemble(Path(base) if anchor is None else work / "anchor", work, out, branches_done)
+    return {"ok": anchor_ok and branches_done == list(detail.branches), "branches": branches_done}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,12 +265,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--toy", action="store_true", help="toy sizes on the CPU, to check the recipe end to end")
     parser.add_argument("--start", default="random", help="'random', or the bundle the VAE phase continues from")
     parser.add_argument("--phases", default="all", choices=PHASES,
-                        help="all; vae (stop after the VAE); transformers (VAE taken from --start)")
+                        help="all; vae (stop after the VAE); transformers (VAE taken from --start); "
+                             "detail (VAE and anchor model taken from --start)")
+    parser.add_argument("--branches", default=",".join(BRANCHES),
+                        help=f"comma-separated detail branches to train (of {', '.join(BRANCHES)})")
+    parser.add_argument("--branch-steps", type=int, default=1_000_000, help="at most this many steps per branch")
+    parser.add_argument("--warmstart", type=Path, default=None,
+                        help="an earlier call's <out>/warmstart folder: train the branches from it")
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs to spread the commands over (default: all visible ones; 1 = share one)")
     args = parser.parse_args(argv)
     if args.start != "random" and not (Path(args.start) / "model_index.json").is_file():
         parser.error(f"--start {args.start} is not a bundle folder (no model_index.json)")
+    if args.phases in ("transformers", "detail") and args.start == "random":
+        parser.error(f"--phases {args.phases} needs --start: a bundle whose VAE (and anchor model) it keeps")
+    branches = tuple(name for name in args.branches.split(",") if name)
+    unknown = [name for name in branches if name not in BRANCHES]
+    if unknown or not branches or len(set(branches)) != len(branches):
+        parser.error(f"--branches {args.branches!r}: give distinct names of {', '.join(BRANCHES)}")
+    if args.branch_steps < 1:
+        parser.error(f"--branch-steps must be at least 1, got {args.branch_steps}")
+    if args.warmstart is not None and not (args.warmstart / "config.json").is_file():
+        parser.error(f"--warmstart {args.warmstart} is not a detail model folder (no config.json)")
+    if args.warmstart is not None and args.phases == "vae":
+        parser.error("--warmstart has no use with --phases vae")
+    detail = DetailPlan(branches, args.branch_steps, args.warmstart)
     scale = TOY if args.toy else FULL
     gpus = args.gpus
     if gpus is None:
@@ -253,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         gpus = torch.cuda.device_count() if scale.device == "cuda" else 1
     if gpus < 1:
         parser.error(f"--gpus must be at least 1, got {gpus}")
-    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus)
+    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus, detail)
     sys.exit(0 if summary["ok"] else 1)
 
 
