@@ -173,11 +173,13 @@ def assemble(components: Path, work: Path, out: Path, branches_done: list[str]) 
 
 @dataclass(frozen=True)
 class DetailPlan:
-    """Which detail branches to train, how many steps at most, and an earlier call's warm start (None = train it)."""
+    """Which detail branches to train, how many steps at most, an earlier call's warm start (None = train it),
+    and the self-consistency start timesteps (None = the trainer's default, SPEC.md 7's)."""
 
     branches: tuple[str, ...] = tuple(BRANCHES)
     steps: int = 1_000_000
     warmstart: Path | None = None
+    sc_starts: str | None = None
 
 
 def run_recipe(
@@ -190,7 +192,7 @@ def run_recipe(
     runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus, detail.branches, phases != "detail"))
     summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus,
                "requested_branches": list(detail.branches), "branch_steps": detail.steps,
-               "warmstart": str(detail.warmstart) if detail.warmstart else None}
+               "warmstart": str(detail.warmstart) if detail.warmstart else None, "sc_starts": detail.sc_starts}
     try:
         summary |= _phases(runner, work, out, scale, start, phases, detail)
     finally:
@@ -245,7 +247,8 @@ def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, pha
                 name,
                 ["detail", "--model", str(warm), "--latents", cache, "--out", str(work / name),
                  "--batch-size", str(scale.detail_batch), "--lr", "1e-4", *DECAY, "--ema", "0.99",
-                 "--steps", str(detail.steps), "--seed", "4", *BRANCHES[name]],
+                 "--steps", str(detail.steps), "--seed", "4", *BRANCHES[name],
+                 *(["--sc-starts", detail.sc_starts] if detail.sc_starts else [])],
                 seconds,
             )
             for name in detail.branches
@@ -270,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--branches", default=",".join(BRANCHES),
                         help=f"comma-separated detail branches to train (of {', '.join(BRANCHES)})")
     parser.add_argument("--branch-steps", type=int, default=1_000_000, help="at most this many steps per branch")
+    parser.add_argument("--sc-starts", default=None,
+                        help="self-consistency start timesteps of the branches, e.g. 600,700,800,900,1000")
     parser.add_argument("--warmstart", type=Path, default=None,
                         help="an earlier call's <out>/warmstart folder: train the branches from it")
     parser.add_argument("--gpus", type=int, default=None,
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--warmstart {args.warmstart} is not a detail model folder (no config.json)")
     if args.warmstart is not None and args.phases == "vae":
         parser.error("--warmstart has no use with --phases vae")
-    detail = DetailPlan(branches, args.branch_steps, args.warmstart)
+    detail = DetailPlan(branches, args.branch_steps, args.warmstart, args.sc_starts)
     scale = TOY if args.toy else FULL
     gpus = args.gpus
     if gpus is None:
