@@ -48,6 +48,28 @@ def test_detail_training_loss_goes_down(pipe, cache):
     assert result.steps == 60 and last < 0.7 * first
 
 
+def test_flow_matching_only_keeps_a_fresh_detail_model_independent_of_dt(cache):
+    """dt = 0 training must not teach the dt embedding or the injector's dt gate a constant (trainer.detail_parameters)."""
+    detail = build_tiny_pipeline(seed=5).detail_transformer
+    dt_weights = lambda: [p.detach().clone() for p in [*detail.dt_embedder.parameters(), *detail.anchor_injector.gate_dt.parameters()]]  # noqa: E731
+    before = dt_weights()
+    backbone_before = detail.proj_out.weight.detach().clone()
+    cfg = TrainConfig(steps=8, batch_size=4, lr=1e-3, betas=(0.9, 0.999), log_every=4,
+                      shortcut=ShortcutConfig(sc_prob=0.0)).validate()
+    train_detail(detail, cache, cfg, lambda _: None)
+    assert all(torch.equal(a, b) for a, b in zip(before, dt_weights()))
+    assert not torch.equal(backbone_before, detail.proj_out.weight)  # the rest did train
+    x, anchor = cache.latents[:1].float(), cache.degraded[:1].float()
+    t, text = torch.tensor([700.0]), cache.embeds[:1].float()
+    with torch.no_grad():
+        at = lambda dt: detail(x, t, text, dt=torch.tensor([dt]), anchor=anchor, return_dict=False)[0]  # noqa: E731
+        assert torch.equal(at(0.0), at(250.0))
+    shortcut = TrainConfig(steps=4, batch_size=4, lr=1e-3, betas=(0.9, 0.999), log_every=2,
+                           shortcut=ShortcutConfig(sc_prob=1.0)).validate()
+    train_detail(detail, cache, shortcut, lambda _: None)
+    assert not all(torch.equal(a, b) for a, b in zip(before, dt_weights()))  # self-consistency steps train them
+
+
 def test_shortcut_steps_run_and_the_anchor_model_learns(pipe, cache):
     mixed = TrainConfig(steps=6, batch_size=4, lr=1e-4, log_every=3, ema=0.9, shortcut=ShortcutConfig(sc_prob=0.5)).validate()
     history = train_detail(pipe.detail_transformer, cache, mixed, lambda _: None).history

@@ -220,11 +220,20 @@ def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) ->
     return result
 
 
-def detail_parameters(detail, adapter_only: bool) -> list[torch.nn.Parameter]:
-    """What detail training updates: everything, or only the anchor injector and dt embedding (SPEC.md 7)."""
-    if not adapter_only:
-        return list(detail.parameters())
-    return list(detail.anchor_injector.parameters()) + list(detail.dt_embedder.parameters())
+def detail_parameters(detail, adapter_only: bool, flow_matching_only: bool = False) -> list[torch.nn.Parameter]:
+    """What detail training updates: everything, or only the anchor injector and dt embedding (SPEC.md 7).
+
+    Flow matching only (dt = 0 always) leaves the dt-dependent weights (the dt embedding and the
+    injector's dt gate) as they are: trained at dt = 0 alone they would learn a constant that is
+    wrong at every dt > 0, and a zero-initialised model would lose its dt-independence, which is
+    what shortcut training starts from (docs/training.md, run 4).
+    """
+    params = list(detail.parameters()) if not adapter_only else (
+        list(detail.anchor_injector.parameters()) + list(detail.dt_embedder.parameters()))
+    if not flow_matching_only:
+        return params
+    dt_dependent = {id(p) for p in [*detail.dt_embedder.parameters(), *detail.anchor_injector.gate_dt.parameters()]}
+    return [p for p in params if id(p) not in dt_dependent]
 
 
 def train_detail(detail, cache: LatentCache, cfg: TrainConfig, log: Log) -> TrainResult:
@@ -239,7 +248,7 @@ def train_detail(detail, cache: LatentCache, cfg: TrainConfig, log: Log) -> Trai
     mode_generator = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
     generator = torch.Generator().manual_seed(cfg.seed + 1 + rank())
     noise_generator = torch.Generator(device).manual_seed(cfg.seed + 1 + rank())
-    params = detail_parameters(detail, cfg.adapter_only)
+    params = detail_parameters(detail, cfg.adapter_only, flow_matching_only=sc.sc_prob == 0)
     detail.train().requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
