@@ -220,13 +220,13 @@ def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) ->
     return result
 
 
-def detail_parameters(detail, adapter_only: bool, flow_matching_only: bool = False) -> list[torch.nn.Parameter]:
+def detail_parameters(detail, adapter_only: bool, flow_matching_only: bool) -> list[torch.nn.Parameter]:
     """What detail training updates: everything, or only the anchor injector and dt embedding (SPEC.md 7).
 
     Flow matching only (dt = 0 always) leaves the dt-dependent weights (the dt embedding and the
     injector's dt gate) as they are: trained at dt = 0 alone they would learn a constant that is
     wrong at every dt > 0, and a zero-initialised model would lose its dt-independence, which is
-    what shortcut training starts from (docs/training.md, run 4).
+    what shortcut training starts from (docs/training.md, "What did not go well").
     """
     params = list(detail.parameters()) if not adapter_only else (
         list(detail.anchor_injector.parameters()) + list(detail.dt_embedder.parameters()))
