@@ -21,7 +21,8 @@ train_app = typer.Typer(help="Train the tiny VAE, anchor model and shortcut deta
 
 Model = Annotated[str, typer.Option(help="Bundle folder to start from, or 'random' (trained-size, fresh weights).")]
 Out = Annotated[Path, typer.Option(help="Bundle folder to write (replaced atomically on success).")]
-Data = Annotated[str, typer.Option(help="'synthetic', or a captions JSON Lines file of real clips.")]
+Data = Annotated[str, typer.Option(
+    help="'synthetic', 'synthetic-random-cells' (random background cells), or a captions JSON Lines file of real clips.")]
 Latents = Annotated[Path, typer.Option(help="Latent cache written by 'pixelwizard train encode'.")]
 Steps = Annotated[int, typer.Option(help="Optimiser steps.")]
 Batch = Annotated[int, typer.Option(help="Clips per step.")]
@@ -212,10 +213,11 @@ def encode_command(
     source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
     pipe = _open(model, target, seed)
 
+    from pixelwizard.training.datasets import SyntheticClips
     from pixelwizard.training.degrade import scaled_degradation
     from pixelwizard.training.latents import build_latent_cache
 
-    count = clips if data == "synthetic" else min(clips, len(source))
+    count = clips if isinstance(source, SyntheticClips) else min(clips, len(source))
     started = time.monotonic()
     cache = build_latent_cache(
         pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),

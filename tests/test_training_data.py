@@ -135,3 +135,54 @@ def test_latent_grid_mask_follows_the_causal_vae_frame_groups():
     assert grid[0, 0, 0, 0, 0] == pytest.approx(0.25) and grid[0, 0, 0].sum() == pytest.approx(0.25)
     assert grid[0, 0, 1, 0, 0] == pytest.approx(0.5) and grid[0, 0, 1].sum() == pytest.approx(0.5)
     assert grid[0, 0, 2, 1, 1] == pytest.approx(1.0) and grid[0, 0, 2].sum() == pytest.approx(1.0)
+
+
+def _first_index(source: SyntheticClips, pattern: str) -> int:
+    return next(i for i in range(len(source)) if source.scene(i).pattern == pattern)
+
+
+def test_random_cells_redraw_only_the_background_pattern_and_follow_their_seed():
+    regular = SyntheticClips(3, 60, 5, 448, 256)
+    random_cells = open_dataset("synthetic-random-cells", frames=5, width=448, height=256, size=60, seed=3)
+    assert isinstance(random_cells, SyntheticClips) and random_cells.random_cells
+    for pattern in ("plain", "checkered", "striped", "dotted"):
+        i = _first_index(regular, pattern)
+        before, after = regular.clips([i])[0], random_cells.clips([i])[0]
+        assert torch.equal(after, random_cells.clips([i])[0])  # fixed by (seed, index)
+        cover = regular.object_masks([i], 448, 256)[0]
+        assert torch.allclose(before[:, cover == 1], after[:, cover == 1], atol=1e-5)  # the object is untouched
+        changed = (before - after).abs().amax(dim=0)[cover == 0].gt(0.05).float().mean()
+        assert changed == 0 if pattern == "plain" else changed > 0.05, pattern
+
+
+def test_random_checks_are_coin_flips_and_random_dots_keep_their_size():
+    regular = SyntheticClips(4, 60, 1, 448, 256)
+    random_cells = SyntheticClips(4, 60, 1, 448, 256, random_cells=True)
+    i = _first_index(regular, "checkered")
+    base = torch.tensor(COLOURS[regular.scene(i).background]) / 127.5 - 1
+    centres = random_cells.clips([i])[0, :, 0, 6::12, 6::12]  # one pixel per check, (3, rows, cols)
+    shaded = (centres - base.view(3, 1, 1)).abs().amax(dim=0) > 0.05
+    regular_shaded = (regular.clips([i])[0, :, 0, 6::12, 6::12] - base.view(3, 1, 1)).abs().amax(dim=0) > 0.05
+    assert 0.3 < shaded.float().mean() < 0.7  # about half the checks are shaded ...
+    assert 0.3 < (shaded == regular_shaded).float().mean() < 0.7  # ... and not in the regular alternation
+    j = _first_index(regular, "dotted")
+    background = torch.tensor(COLOURS[regular.scene(j).background]) / 127.5 - 1
+    outside = regular.object_masks([j], 448, 256)[0, 0] == 0
+
+    def dot_area(video):
+        return ((video[0, :, 0] - background.view(3, 1, 1)).abs().amax(dim=0) > 0.05)[outside].float().sum()
+
+    assert torch.isclose(dot_area(random_cells.clips([j])), dot_area(regular.clips([j])), rtol=0.1)
+    assert not torch.equal(random_cells.clips([j]), regular.clips([j]))
+
+
+def test_random_cells_are_the_same_at_every_output_size():
+    """The anchor synthesis renders at the detail size; other sizes must show the same random cells."""
+    large = SyntheticClips(5, 60, 1, 448, 256, random_cells=True)
+    small = SyntheticClips(5, 60, 1, 224, 128, random_cells=True)
+    for pattern in ("checkered", "striped", "dotted"):
+        i = _first_index(large, pattern)
+        shrunk = torch.nn.functional.interpolate(large.clips([i])[0].transpose(0, 1), size=(128, 224), mode="area")
+        shrunk = shrunk.transpose(0, 1)
+        regular = SyntheticClips(5, 60, 1, 224, 128).clips([i])[0]  # the same scene with regular cells
+        assert (shrunk - small.clips([i])[0]).abs().mean() < 0.02 < (shrunk - regular).abs().mean(), pattern

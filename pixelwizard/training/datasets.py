@@ -19,6 +19,9 @@ from pixelwizard.training.render import object_mask, render_scenes
 from pixelwizard.training.scenes import Split, scene_for
 
 
+SYNTHETIC_WORLDS = ("synthetic", "synthetic-random-cells")  # --data names that are not files
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message is one line (file:line where it applies)."""
 
@@ -39,7 +42,10 @@ class ClipSource(Protocol):
 
 @dataclass
 class SyntheticClips:
-    """``size`` synthetic clips from the dataset ``seed`` (clip i is the same scene everywhere)."""
+    """``size`` synthetic clips from the dataset ``seed`` (clip i is the same scene everywhere).
+
+    ``random_cells``: backgrounds with random cells (render.py), fine detail the anchor cannot carry.
+    """
 
     seed: int
     size: int
@@ -47,6 +53,7 @@ class SyntheticClips:
     width: int
     height: int
     split: Split = "train"
+    random_cells: bool = False
 
     def __len__(self) -> int:
         return self.size
@@ -58,7 +65,8 @@ class SyntheticClips:
         return self.scene(index).caption
 
     def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
-        return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device)
+        seeds = [self.seed * 1_000_003 + i for i in indices] if self.random_cells else None
+        return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device, seeds)
 
     def object_masks(self, indices: Sequence[int], width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Object coverage of each clip at ``width`` x ``height``, (B, frames, height, width) in [0, 1]."""
@@ -136,7 +144,9 @@ class RealClips:
 
 
 def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, seed: int) -> ClipSource:
-    """'synthetic' (``size`` clips of dataset ``seed``) or the path of a captions JSON Lines file."""
-    if data == "synthetic":
-        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height)
+    """'synthetic' (``size`` clips of dataset ``seed``), 'synthetic-random-cells' (the same scenes with
+    random background cells) or the path of a captions JSON Lines file."""
+    if data in SYNTHETIC_WORLDS:
+        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height,
+                              random_cells=data == "synthetic-random-cells")
     return RealClips(data, frames=frames, width=width, height=height)

@@ -7,6 +7,9 @@
 3. The README sample prompts: wall time on this machine and contact sheets (PNG).
 
     python -m pixelwizard.training.quality --variants DIR --out docs/quality.md
+
+``--detail-only`` makes table 1 alone (``--data synthetic-random-cells``: on the world with random
+background cells, for detail models trained on it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pixelwizard.metrics.attributes import analyse
 from pixelwizard.metrics.fidelity import hd_mse, psnr, ssim, temporal_flicker
 from pixelwizard.presets import Preset, get_preset
 from pixelwizard.sampling import sample
-from pixelwizard.training.datasets import SyntheticClips
+from pixelwizard.training.datasets import SYNTHETIC_WORLDS, SyntheticClips
 from pixelwizard.training.degrade import degrade, scaled_degradation
 from pixelwizard.training.latents import encode_clips, resize_latent
 
@@ -103,9 +106,12 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def detail_table(pipe, variants_dir: Path, preset: Preset, clips: int, steps: list[int], solver: str, log) -> tuple[dict, list]:
+def detail_table(
+    pipe, variants_dir: Path, preset: Preset, clips: int, steps: list[int], solver: str, log, data: str = "synthetic"
+) -> tuple[dict, list]:
     """Mean metrics per (variant, steps), plus reference rows and a few frames for a contact sheet."""
-    source = SyntheticClips(EVAL_SEED, clips, preset.num_frames, preset.detail_width, preset.detail_height, "heldout")
+    source = SyntheticClips(EVAL_SEED, clips, preset.num_frames, preset.detail_width, preset.detail_height, "heldout",
+                            random_cells=data == "synthetic-random-cells")
     models = {v.label: load_variant(pipe, v, variants_dir) for v in VARIANTS if v.folder is None or (variants_dir / v.folder).is_dir()}
     results: dict[tuple[str, int | str], list[dict[str, float]]] = {}
     sheet = []
@@ -195,8 +201,10 @@ def render_samples(pipe, prompts_file: Path, preset: Preset, sheet_dir: Path) ->
 
 
 def write_report(
-    out: Path, command: str, detail: dict, adherence: dict, samples, sheets: dict[str, list[str]], settings: dict
+    out: Path, command: str, detail: dict, sheets: dict[str, list[str]], settings: dict,
+    adherence: dict | None = None, samples=None,
 ) -> None:
+    """docs/quality.md: table 1, then (unless ``adherence`` is None) the text-to-video table and the samples."""
     lines = [
         "# Quality of the tiny PixelWizard models",
         "",
@@ -220,7 +228,10 @@ def write_report(
     for (label, steps), m in detail.items():
         lines.append(f"| {label} | {steps} | {m['PSNR']:.2f} | {m['SSIM']:.4f} | {m['HD-MSE']:.3g} | {m['flicker']:.3g} |")
     lines += ["", "Frames 0, 4, 8, 12, 16; per clip, rows are: " + sheets["detail rows"][0], "",
-              "![detail stage comparison](samples/detail-comparison.png)", ""]
+              f"![detail stage comparison](samples/{sheets['detail sheet'][0]})", ""]
+    if adherence is None:
+        out.write_text("\n".join(lines))
+        return
     lines += [
         "",
         "## 2. Full two-stage pipeline from text (held-out prompts)",
@@ -265,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a second detail CFG scale for the text-to-video table (default: the 2k/4k presets')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=Path, default=Path("examples/prompts.txt"))
+    parser.add_argument("--data", default="synthetic", choices=SYNTHETIC_WORLDS, help="world of the detail table's clips")
+    parser.add_argument("--detail-only", action="store_true",
+                        help="table 1 only (no text-to-video, no samples); its sheet is samples/<out name>-detail-comparison.png")
     args = parser.parse_args(argv)
     if not args.variants.is_dir():
         parser.exit(2, f"error: variants folder {args.variants} does not exist\n")
@@ -282,21 +296,29 @@ def main(argv: list[str] | None = None) -> None:
     settings = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads",
         "note": f"Preset `tiny` (17 frames, anchor 224x128, detail 448x256, detail shift {preset.detail_shift}) with "
-        f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {args.clips} clips; "
-        f"text-to-video: {args.prompts} prompts.",
+        f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {args.clips} clips"
+        + (" of the world with random background cells" if args.data == "synthetic-random-cells" else "")
+        + ("." if args.detail_only else f"; text-to-video: {args.prompts} prompts."),
     }
-    samples = render_samples(pipe, args.samples, preset, args.out.parent / "samples")
-    detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log)
-    guidances = [preset.detail_guidance] + [g for g in (args.compare_guidance,) if g is not None and g != preset.detail_guidance]
-    adherence, examples = adherence_table(pipe, preset, args.prompts, guidances, log)
     sheet_dir = args.out.parent / "samples"
-    contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / "detail-comparison.png")
-    contact_sheet([frames for _, frames in examples]).save(sheet_dir / "heldout-text-to-video.png")
-    sheets = {"detail rows": [", ".join(sheet[0])], "held-out captions": [caption for caption, _ in examples]}
+    samples = None if args.detail_only else render_samples(pipe, args.samples, preset, sheet_dir)
+    detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data)
+    sheet_name = f"{args.out.stem}-detail-comparison.png" if args.detail_only else "detail-comparison.png"
+    sheet_dir.mkdir(parents=True, exist_ok=True)
+    contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / sheet_name)
+    sheets = {"detail rows": [", ".join(sheet[0])], "detail sheet": [sheet_name]}
+    adherence = None
+    if not args.detail_only:
+        guidances = [preset.detail_guidance] + [
+            g for g in (args.compare_guidance,) if g is not None and g != preset.detail_guidance
+        ]
+        adherence, examples = adherence_table(pipe, preset, args.prompts, guidances, log)
+        contact_sheet([frames for _, frames in examples]).save(sheet_dir / "heldout-text-to-video.png")
+        sheets["held-out captions"] = [caption for caption, _ in examples]
     command = "python -m pixelwizard.training.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(args.out, command, detail, adherence, samples, sheets, settings)
+    write_report(args.out, command, detail, sheets, settings, adherence, samples)
     raw = {"detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],
-           "adherence": adherence, "samples_seconds": samples[0], "settings": settings}
+           "adherence": adherence, "samples_seconds": samples[0] if samples else None, "settings": settings}
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {args.out}")
 

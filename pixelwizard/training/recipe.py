@@ -16,7 +16,8 @@ skips 1 and takes the VAE from ``--start`` (so one run can be split over two sho
 ``--phases detail`` also keeps ``--start``'s anchor model and trains only the detail models.
 ``--branches`` picks which branches of 4 to train, ``--branch-steps`` caps their steps (so a branch
 trained in a later call can match the others' step count), and ``--warmstart`` takes the warm start
-from an earlier call's ``<out>/warmstart`` instead of training it.
+from an earlier call's ``<out>/warmstart`` instead of training it. ``--data`` picks the synthetic
+world of the VAE and the latent cache (``synthetic-random-cells``: random background cells).
 Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
 
 On several GPUs (``gpu_plan``) the VAE trains data-parallel on all of them (torchrun), the
@@ -37,6 +38,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pixelwizard.training.datasets import SYNTHETIC_WORLDS
 
 # Detail-model branches trained from the warm start: folder name -> extra `train detail` flags.
 BRANCHES: dict[str, list[str]] = {
@@ -184,7 +187,7 @@ class DetailPlan:
 
 def run_recipe(
     work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all", gpus: int = 1,
-    detail: DetailPlan = DetailPlan(),
+    detail: DetailPlan = DetailPlan(), data: str = "synthetic",
 ) -> dict:
     """Run the phases on ``gpus`` GPUs; write and return the summary (ok is False when their result could not be made)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -192,29 +195,32 @@ def run_recipe(
     runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus, detail.branches, phases != "detail"))
     summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus,
                "requested_branches": list(detail.branches), "branch_steps": detail.steps,
-               "warmstart": str(detail.warmstart) if detail.warmstart else None, "sc_starts": detail.sc_starts}
+               "warmstart": str(detail.warmstart) if detail.warmstart else None, "sc_starts": detail.sc_starts,
+               "data": data}
     try:
-        summary |= _phases(runner, work, out, scale, start, phases, detail)
+        summary |= _phases(runner, work, out, scale, start, phases, detail, data)
     finally:
         summary |= {"records": runner.records, "total_s": runner.elapsed()}
         (out / "recipe.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _phases(runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str, detail: DetailPlan) -> dict:
+def _phases(
+    runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str, detail: DetailPlan, data: str
+) -> dict:
     cache = str(work / "cache.pt")
     vae_end, encode_end, warm_end = SPLITS[phases]
     base = start
     if phases in ("all", "vae"):
         base = str(work / "vae")
-        if not runner.run("vae", ["vae", "--model", start, "--out", base, "--lr", "5e-4", "--warmup", "100",
+        if not runner.run("vae", ["vae", "--model", start, "--out", base, "--data", data, "--lr", "5e-4", "--warmup", "100",
                                   *DECAY, "--steps", "1000000", "--seed", "0", *scale.vae],
                           runner.seconds_until(vae_end)):
             return {}
         if phases == "vae":
             shutil.copytree(Path(base) / "vae", out / "vae", dirs_exist_ok=True)
             return {"ok": True}
-    if not runner.run("encode", ["encode", "--model", base, "--out", cache, "--seed", "1", *scale.encode],
+    if not runner.run("encode", ["encode", "--model", base, "--out", cache, "--data", data, "--seed", "1", *scale.encode],
                       runner.seconds_until(encode_end)):
         return {}
     anchor = None if phases == "detail" else runner.start(
@@ -277,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="self-consistency start timesteps of the branches, e.g. 600,700,800,900,1000")
     parser.add_argument("--warmstart", type=Path, default=None,
                         help="an earlier call's <out>/warmstart folder: train the branches from it")
+    parser.add_argument("--data", default="synthetic", choices=SYNTHETIC_WORLDS,
+                        help="synthetic world of the VAE and the latent cache")
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs to spread the commands over (default: all visible ones; 1 = share one)")
     args = parser.parse_args(argv)
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         gpus = torch.cuda.device_count() if scale.device == "cuda" else 1
     if gpus < 1:
         parser.error(f"--gpus must be at least 1, got {gpus}")
-    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus, detail)
+    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus, detail, args.data)
     sys.exit(0 if summary["ok"] else 1)
 
 

@@ -3,6 +3,10 @@
 Shapes are drawn from a radial distance to their outline (exact for the circle, a close
 approximation for polygons), so edges get about one pixel of anti-aliasing at every output size.
 Textures live in the object's own frame: they move, turn and grow with it.
+
+With a ``cell_seed`` the background's cells are random instead of regular (each check and each
+stripe shaded or not by a coin flip, each dot displaced within its cell): fine detail that no
+anchor can carry, so the detail stage must generate it rather than infer it (docs/training.md).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import math
 
 import torch
 
-from pixelwizard.training.scenes import COLOURS, REFERENCE_SIZE, Scene, poses, shade
+from pixelwizard.training.scenes import COLOURS, PATTERNS, REFERENCE_SIZE, Scene, poses, shade
 
 CHECK_CELL = 12.0  # background checks, reference pixels
 STRIPE_HALF_PERIOD = 6.0  # background diagonal stripes
@@ -19,6 +23,7 @@ BACKGROUND_DOT = (16.0, 3.5)  # period, radius
 OBJECT_STRIPE = (14.0, 0.4)  # period, duty
 OBJECT_DOT = (14.0, 3.5)  # period, radius
 OUTLINE_WIDTH = 5.0
+CELL_TABLE = 128  # random values per row/column of cells: more than any pattern has on the reference canvas
 STAR_INNER = 0.5  # inner radius of the five-pointed star, as a fraction of the outer one
 
 
@@ -34,17 +39,46 @@ def _dots(x: torch.Tensor, y: torch.Tensor, period: float, radius: float, pixel:
     return (0.5 - (torch.sqrt(dx * dx + dy * dy) - radius) * pixel).clamp(0, 1)
 
 
-def background_pattern(pattern: str, x: torch.Tensor, y: torch.Tensor, pixel: float) -> torch.Tensor:
-    """Coverage (0..1) of the shade colour for a background pattern over reference coordinates."""
+def _cell_values(seed: int, index_y: torch.Tensor, index_x: torch.Tensor, salt: int) -> torch.Tensor:
+    """A uniform [0, 1) value per integer cell (index_y, index_x), fixed by ``seed`` at every size and device."""
+    table = torch.rand(CELL_TABLE, CELL_TABLE, generator=torch.Generator().manual_seed(seed * 4 + salt))
+    return table.to(index_x.device)[index_y.clamp(0, CELL_TABLE - 1), index_x.clamp(0, CELL_TABLE - 1)]
+
+
+def _random_pattern(pattern: str, x: torch.Tensor, y: torch.Tensor, pixel: float, seed: int) -> torch.Tensor:
+    """The irregular version of a background pattern: coin-flip checks and stripes, jittered dots."""
+    if pattern == "checkered":
+        cell_y, cell_x = (y / CHECK_CELL).long(), (x / CHECK_CELL).long()
+        return (_cell_values(seed, cell_y, cell_x, 0) < 0.5).float()
+    if pattern == "striped":  # one coin per diagonal stripe
+        stripe = ((x + y) / math.sqrt(2) / STRIPE_HALF_PERIOD).long()
+        return (_cell_values(seed, torch.zeros_like(stripe), stripe, 1) < 0.5).float()
+    period, radius = BACKGROUND_DOT
+    cell_y, cell_x = ((y + period / 2) / period).long(), ((x + period / 2) / period).long()
+    reach = period / 2 - radius - 1  # the dot stays inside its cell
+    jitter_x = (_cell_values(seed, cell_y, cell_x, 2) * 2 - 1) * reach
+    jitter_y = (_cell_values(seed, cell_y, cell_x, 3) * 2 - 1) * reach
+    return _dots(x - jitter_x, y - jitter_y, period, radius, pixel)
+
+
+def background_pattern(
+    pattern: str, x: torch.Tensor, y: torch.Tensor, pixel: float, cell_seed: int | None = None
+) -> torch.Tensor:
+    """Coverage (0..1) of the shade colour for a background pattern over reference coordinates.
+
+    ``cell_seed`` (not None) makes the pattern's cells random, fixed by that seed.
+    """
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown background pattern {pattern!r}")
     if pattern == "plain":
         return torch.zeros_like(x)
+    if cell_seed is not None:
+        return _random_pattern(pattern, x, y, pixel, cell_seed)
     if pattern == "checkered":
         return 0.5 - 0.5 * _square_wave(x, CHECK_CELL, pixel) * _square_wave(y, CHECK_CELL, pixel)
     if pattern == "striped":
         return 0.5 + 0.5 * _square_wave((x + y) / math.sqrt(2), STRIPE_HALF_PERIOD, pixel)
-    if pattern == "dotted":
-        return _dots(x, y, *BACKGROUND_DOT, pixel)
-    raise ValueError(f"unknown background pattern {pattern!r}")
+    return _dots(x, y, *BACKGROUND_DOT, pixel)
 
 
 def outline_radius(shape: str, phi: torch.Tensor) -> torch.Tensor:
@@ -108,13 +142,14 @@ def _object_frame(scene: Scene, frames: int, x: torch.Tensor, y: torch.Tensor, p
 
 
 def render_scene(
-    scene: Scene, frames: int, width: int, height: int, device: torch.device | str = "cpu"
+    scene: Scene, frames: int, width: int, height: int, device: torch.device | str = "cpu",
+    cell_seed: int | None = None,
 ) -> torch.Tensor:
-    """The clip of one scene, (3, frames, height, width) in [-1, 1]."""
+    """The clip of one scene, (3, frames, height, width) in [-1, 1]; ``cell_seed``: random background cells."""
     device = torch.device(device)
     x, y, pixel = _canvas_coordinates(width, height, device)
     background = _rgb(scene.background, device)
-    pattern = background_pattern(scene.pattern, x, y, pixel)
+    pattern = background_pattern(scene.pattern, x, y, pixel, cell_seed)
     canvas = background + (_rgb(shade(COLOURS[scene.background]), device) - background) * pattern
 
     qx, qy, edge, local_pixel = _object_frame(scene, frames, x, y, pixel)
@@ -135,8 +170,10 @@ def object_mask(scene: Scene, frames: int, width: int, height: int, device: torc
 
 
 def render_scenes(
-    scenes: list[Scene], frames: int, width: int, height: int, device: torch.device | str = "cpu"
+    scenes: list[Scene], frames: int, width: int, height: int, device: torch.device | str = "cpu",
+    cell_seeds: list[int] | None = None,
 ) -> torch.Tensor:
-    """A batch of clips, (B, 3, frames, height, width) in [-1, 1]."""
-    return torch.stack([render_scene(s, frames, width, height, device) for s in scenes])
+    """A batch of clips, (B, 3, frames, height, width) in [-1, 1]; ``cell_seeds``: one per scene, or None."""
+    seeds = cell_seeds if cell_seeds is not None else [None] * len(scenes)
+    return torch.stack([render_scene(s, frames, width, height, device, c) for s, c in zip(scenes, seeds, strict=True)])
 
