@@ -193,6 +193,8 @@ def encode_command(
     anchor_height: Annotated[Optional[int], typer.Option(help="Anchor height (preset default).")] = None,
     seed: Seed = 0,
     batch_size: Batch = 16,
+    release_factor: Annotated[bool, typer.Option(
+        help="Anchor synthesis keeps SPEC.md's downsample factor [8, 16] instead of scaling it to the preset.")] = False,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
     report: Report = None,
@@ -221,7 +223,8 @@ def encode_command(
     started = time.monotonic()
     cache = build_latent_cache(
         pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),
-        degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width), seed=seed, batch=batch_size,
+        degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width, release_factor), seed=seed,
+        batch=batch_size,
         max_seconds=max_seconds,
     )
     cache.save(out)

@@ -59,6 +59,9 @@ def test_degradation_scales_the_release_numbers_to_the_tiny_preset():
     assert release.sigma == pytest.approx(RELEASE_SIGMA)
     tiny = scaled_degradation(448, 224)
     assert tiny.factor == pytest.approx((2.8, 5.6)) and tiny.kernels == (3, 5) and tiny.sigma == pytest.approx((1.5, 2.15))
+    unscaled = scaled_degradation(448, 224, release_factor=True)  # SPEC.md's factor, the tiny preset's blur
+    assert unscaled.factor == pytest.approx(RELEASE_FACTOR) and unscaled.sigma == tiny.sigma
+    assert unscaled.kernels == tiny.kernels
     video = SyntheticClips(0, 2, 5, 128, 64).clips([0, 1])
     one = degrade(video, (64, 32), tiny, torch.Generator().manual_seed(0))
     assert one.shape == (2, 3, 5, 32, 64)
@@ -66,6 +69,8 @@ def test_degradation_scales_the_release_numbers_to_the_tiny_preset():
     # Blurred: much less pixel-to-pixel variation than a plain resize.
     plain = torch.nn.functional.interpolate(video[:, :, 0], size=(32, 64), mode="area")
     assert one[:, :, 0].diff(dim=-1).abs().mean() < 0.5 * plain.diff(dim=-1).abs().mean()
+    coarse = degrade(video, (64, 32), unscaled, torch.Generator().manual_seed(0))  # less of the clip survives
+    assert (coarse[:, :, 0] - plain).pow(2).mean() > 1.3 * (one[:, :, 0] - plain).pow(2).mean()
 
 
 @pytest.fixture(scope="module")

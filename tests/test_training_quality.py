@@ -13,7 +13,7 @@ def test_detail_only_table_on_the_random_cells_world(tmp_path):
     variants.mkdir()
     out = tmp_path / "docs" / "quality-test.md"
     main(["--variants", str(variants), "--out", str(out), "--clips", "1", "--steps", "1,2",
-          "--data", "synthetic-random-cells", "--detail-only"])
+          "--data", "synthetic-random-cells", "--release-factor", "--detail-only"])
     report = out.read_text()
     raw = json.loads(out.with_suffix(".json").read_text())
     rows = {(r["model"], r["steps"]): r for r in raw["detail"]}
@@ -23,7 +23,8 @@ def test_detail_only_table_on_the_random_cells_world(tmp_path):
     two = rows[("shortcut (shipped)", 2)]
     assert 10 < two["PSNR"] < 60 and two["HD-MSE"] > 0
     assert f"| shortcut (shipped) | 2 | {two['PSNR']:.2f} | {two['SSIM']:.4f} |" in report  # the table shows the JSON
-    assert "random background cells" in report and "## 2." not in report and raw["adherence"] is None
+    assert "random background cells" in report and "downsample factor [8, 16]" in report
+    assert "## 2." not in report and raw["adherence"] is None
     assert (out.parent / "samples" / "quality-test-detail-comparison.png").stat().st_size > 0
     assert "samples/quality-test-detail-comparison.png" in report
 

@@ -69,12 +69,12 @@ def test_detail_phase_trains_branches_then_a_later_call_adds_one_from_the_same_w
 
     second = run_recipe(tmp_path / "w2", tmp_path / "o2", 45, TOY, start, "detail", 1,
                         DetailPlan(("no_calibration",), steps=2, warmstart=tmp_path / "o1" / "warmstart",
-                                   sc_starts="600,1000"), data="synthetic-random-cells")
+                                   sc_starts="600,1000"), data="synthetic-random-cells", release_factor=True)
     assert second["ok"] and [r["name"] for r in second["records"]] == ["encode", "no_calibration"]
     assert second["records"][1]["steps"] == 2 and "--sc-starts 600,1000" in second["records"][1]["command"]
     assert "--sc-starts" not in " ".join(r["command"] for r in first["records"])  # the trainer's default
-    assert "--data synthetic " in first["records"][0]["command"]
-    assert "--data synthetic-random-cells " in second["records"][0]["command"]  # the cache of the other world
+    assert "--data synthetic " in first["records"][0]["command"] and "--release-factor" not in first["records"][0]["command"]
+    assert "--data synthetic-random-cells --release-factor " in second["records"][0]["command"]  # the other world's cache
     assert not (tmp_path / "o2" / "pixelwizard-tiny").exists()  # no shortcut branch: no bundle
     assert (tmp_path / "o2" / "variants" / "no_calibration" / "config.json").is_file()
     weights = "diffusion_pytorch_model.safetensors"

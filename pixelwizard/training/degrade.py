@@ -29,14 +29,15 @@ class Degradation:
     sigma: tuple[float, float]
 
 
-def scaled_degradation(detail_width: int, anchor_width: int) -> Degradation:
+def scaled_degradation(detail_width: int, anchor_width: int, release_factor: bool = False) -> Degradation:
     """SPEC.md 7's degradation at other sizes.
 
     The downsample factor scales with the detail/anchor width ratio (so the blurred clip carries
-    the same share of the anchor's resolution); blur sigma and kernel scale with the anchor width.
-    At 2560 -> 448 this returns the release numbers unchanged.
+    the same share of the anchor's resolution), or with ``release_factor`` stays SPEC.md's [8, 16]
+    of the detail clip (so the anchor carries as little of the detail's fine texture as at 2K);
+    blur sigma and kernel scale with the anchor width. At 2560 -> 448 both are the release numbers.
     """
-    ratio = (detail_width / anchor_width) / (RELEASE_DETAIL_WIDTH / RELEASE_ANCHOR_WIDTH)
+    ratio = 1.0 if release_factor else (detail_width / anchor_width) / (RELEASE_DETAIL_WIDTH / RELEASE_ANCHOR_WIDTH)
     blur = anchor_width / RELEASE_ANCHOR_WIDTH
     kernels = tuple(sorted({max(3, 2 * round((k * blur - 1) / 2) + 1) for k in RELEASE_KERNELS}))
     return Degradation(

@@ -83,9 +83,9 @@ def render_detail(
     return sample(velocity, noise, num_steps=steps, shift=preset.detail_shift, solver=solver, shortcut=True)
 
 
-def ground_truth_anchor(pipe, video: torch.Tensor, preset: Preset, seed: int) -> torch.Tensor:
+def ground_truth_anchor(pipe, video: torch.Tensor, preset: Preset, seed: int, release_factor: bool = False) -> torch.Tensor:
     """SPEC.md 7's anchor synthesis from a ground-truth clip (1, 3, T, H, W), on the token grid."""
-    degradation = scaled_degradation(preset.detail_width, preset.anchor_width)
+    degradation = scaled_degradation(preset.detail_width, preset.anchor_width, release_factor)
     small = degrade(video, (preset.anchor_width, preset.anchor_height), degradation, torch.Generator().manual_seed(seed))
     latent = encode_clips(pipe.vae, small)
     patch = pipe.detail_transformer.config.patch_size
@@ -107,7 +107,8 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def detail_table(
-    pipe, variants_dir: Path, preset: Preset, clips: int, steps: list[int], solver: str, log, data: str = "synthetic"
+    pipe, variants_dir: Path, preset: Preset, clips: int, steps: list[int], solver: str, log, data: str = "synthetic",
+    release_factor: bool = False,
 ) -> tuple[dict, list]:
     """Mean metrics per (variant, steps), plus reference rows and a few frames for a contact sheet."""
     source = SyntheticClips(EVAL_SEED, clips, preset.num_frames, preset.detail_width, preset.detail_height, "heldout",
@@ -118,7 +119,7 @@ def detail_table(
     for i in range(clips):
         video = source.clips([i])
         truth = to_uint8_frames(video[0])
-        anchor, small = ground_truth_anchor(pipe, video, preset, EVAL_SEED + i)
+        anchor, small = ground_truth_anchor(pipe, video, preset, EVAL_SEED + i, release_factor)
         embeddings = pipe.encode_prompt(source.caption(i))
         results.setdefault(("ground truth", "-"), []).append(fidelity(truth, truth))
         recon = pipe.decode(encode_clips(pipe.vae, video))
@@ -277,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=Path, default=Path("examples/prompts.txt"))
     parser.add_argument("--data", default="synthetic", choices=SYNTHETIC_WORLDS, help="world of the detail table's clips")
+    parser.add_argument("--release-factor", action="store_true",
+                        help="anchors with SPEC.md's downsample factor [8, 16] (for models trained so)")
     parser.add_argument("--detail-only", action="store_true",
                         help="table 1 only (no text-to-video, no samples); its sheet is samples/<out name>-detail-comparison.png")
     args = parser.parse_args(argv)
@@ -298,11 +301,13 @@ def main(argv: list[str] | None = None) -> None:
         "note": f"Preset `tiny` (17 frames, anchor 224x128, detail 448x256, detail shift {preset.detail_shift}) with "
         f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {args.clips} clips"
         + (" of the world with random background cells" if args.data == "synthetic-random-cells" else "")
+        + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor else "")
         + ("." if args.detail_only else f"; text-to-video: {args.prompts} prompts."),
     }
     sheet_dir = args.out.parent / "samples"
     samples = None if args.detail_only else render_samples(pipe, args.samples, preset, sheet_dir)
-    detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data)
+    detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
+                                 args.release_factor)
     sheet_name = f"{args.out.stem}-detail-comparison.png" if args.detail_only else "detail-comparison.png"
     sheet_dir.mkdir(parents=True, exist_ok=True)
     contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / sheet_name)

@@ -17,7 +17,8 @@ skips 1 and takes the VAE from ``--start`` (so one run can be split over two sho
 ``--branches`` picks which branches of 4 to train, ``--branch-steps`` caps their steps (so a branch
 trained in a later call can match the others' step count), and ``--warmstart`` takes the warm start
 from an earlier call's ``<out>/warmstart`` instead of training it. ``--data`` picks the synthetic
-world of the VAE and the latent cache (``synthetic-random-cells``: random background cells).
+world of the VAE and the latent cache (``synthetic-random-cells``: random background cells);
+``--release-factor`` synthesises the anchors with SPEC.md's unscaled downsample factor.
 Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
 
 On several GPUs (``gpu_plan``) the VAE trains data-parallel on all of them (torchrun), the
@@ -187,7 +188,7 @@ class DetailPlan:
 
 def run_recipe(
     work: Path, out: Path, budget: float, scale: Scale, start: str = "random", phases: str = "all", gpus: int = 1,
-    detail: DetailPlan = DetailPlan(), data: str = "synthetic",
+    detail: DetailPlan = DetailPlan(), data: str = "synthetic", release_factor: bool = False,
 ) -> dict:
     """Run the phases on ``gpus`` GPUs; write and return the summary (ok is False when their result could not be made)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -196,9 +197,10 @@ def run_recipe(
     summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus,
                "requested_branches": list(detail.branches), "branch_steps": detail.steps,
                "warmstart": str(detail.warmstart) if detail.warmstart else None, "sc_starts": detail.sc_starts,
-               "data": data}
+               "data": data, "release_factor": release_factor}
     try:
-        summary |= _phases(runner, work, out, scale, start, phases, detail, data)
+        encode = ["--data", data, *(["--release-factor"] if release_factor else [])]
+        summary |= _phases(runner, work, out, scale, start, phases, detail, data, encode)
     finally:
         summary |= {"records": runner.records, "total_s": runner.elapsed()}
         (out / "recipe.json").write_text(json.dumps(summary, indent=1))
@@ -206,7 +208,8 @@ def run_recipe(
 
 
 def _phases(
-    runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str, detail: DetailPlan, data: str
+    runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str, detail: DetailPlan, data: str,
+    encode: list[str],
 ) -> dict:
     cache = str(work / "cache.pt")
     vae_end, encode_end, warm_end = SPLITS[phases]
@@ -220,7 +223,7 @@ def _phases(
         if phases == "vae":
             shutil.copytree(Path(base) / "vae", out / "vae", dirs_exist_ok=True)
             return {"ok": True}
-    if not runner.run("encode", ["encode", "--model", base, "--out", cache, "--data", data, "--seed", "1", *scale.encode],
+    if not runner.run("encode", ["encode", "--model", base, "--out", cache, *encode, "--seed", "1", *scale.encode],
                       runner.seconds_until(encode_end)):
         return {}
     anchor = None if phases == "detail" else runner.start(
@@ -285,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="an earlier call's <out>/warmstart folder: train the branches from it")
     parser.add_argument("--data", default="synthetic", choices=SYNTHETIC_WORLDS,
                         help="synthetic world of the VAE and the latent cache")
+    parser.add_argument("--release-factor", action="store_true",
+                        help="synthesise anchors with SPEC.md's downsample factor [8, 16], not scaled to the preset")
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs to spread the commands over (default: all visible ones; 1 = share one)")
     args = parser.parse_args(argv)
@@ -311,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         gpus = torch.cuda.device_count() if scale.device == "cuda" else 1
     if gpus < 1:
         parser.error(f"--gpus must be at least 1, got {gpus}")
-    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus, detail, args.data)
+    summary = run_recipe(args.work, args.out, args.budget, scale, args.start, args.phases, gpus, detail, args.data,
+                         args.release_factor)
     sys.exit(0 if summary["ok"] else 1)
 
 
