@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,9 @@ class PixelWizardPipeline(DiffusionPipeline):
             detail_transformer=detail_transformer,
             scheduler=scheduler,
         )
+        # diffusers' AutoencoderKLWan keeps its causal-convolution cache on the module (clear_cache,
+        # _feat_map), so threads sharing this pipeline (the flows' workers) take turns decoding.
+        self._vae_lock = threading.Lock()
 
     # -- memory plan ------------------------------------------------------------------------
     def place(
@@ -229,7 +233,7 @@ class PixelWizardPipeline(DiffusionPipeline):
         def decode_piece(piece: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(piece.to(self.vae.device, self.vae.dtype), return_dict=False)[0]
 
-        with self._resident("vae"):
+        with self._vae_lock, self._resident("vae"):
             return decode_frames(decode_piece, raw, chunks=chunks, overlap=overlap)
 
     # -- all stages -------------------------------------------------------------------------
