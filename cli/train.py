@@ -101,16 +101,28 @@ def _cache(path: Path, device: str):
 
 
 def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
+    """Rank 0 writes the bundle and the report; then every rank leaves the process group together."""
     from pixelwizard.bundle import write_bundle
 
-    if not _is_main():
-        return
-    write_bundle(pipe, out)
-    typer.echo(f"wrote {out} after {result.steps} steps in {result.seconds:.1f} s")
-    if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        body = {"steps": result.steps, "seconds": round(result.seconds, 2), "settings": settings, "history": result.history}
-        report.write_text(json.dumps(body, indent=1, default=str))
+    if _is_main():
+        write_bundle(pipe, out)
+        typer.echo(f"wrote {out} after {result.steps} steps in {result.seconds:.1f} s")
+        if report is not None:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            body = {"steps": result.steps, "seconds": round(result.seconds, 2), "settings": settings,
+                    "history": result.history}
+            report.write_text(json.dumps(body, indent=1, default=str))
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Wait for every rank, then tear the group down: a rank that exits while another is still
+    writing or holding the group can be aborted by gloo (seen as SIGABRT in the two-process test)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _parse_size(text: str) -> tuple[int, int]:
