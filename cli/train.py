@@ -227,11 +227,10 @@ def encode_command(
     source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
     pipe = _open(model, target, seed)
 
-    from pixelwizard.training.datasets import SyntheticClips
     from pixelwizard.training.degrade import scaled_degradation
     from pixelwizard.training.latents import build_latent_cache
 
-    count = clips if isinstance(source, SyntheticClips) else min(clips, len(source))
+    count = min(clips, len(source))  # a synthetic source holds exactly ``clips``
     started = time.monotonic()
     cache = build_latent_cache(
         pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),

@@ -7,9 +7,9 @@ bundle is a folder in the diffusers layout (``save_pretrained`` / ``from_pretrai
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import threading
 from dataclasses import dataclass
 
 import torch

@@ -19,7 +19,8 @@ from pixelwizard.training.render import object_mask, render_scenes
 from pixelwizard.training.scenes import Split, scene_for
 
 
-SYNTHETIC_WORLDS = ("synthetic", "synthetic-random-cells")  # --data names that are not files
+# --data names that are not files -> whether their background cells are random (render.py)
+SYNTHETIC_WORLDS = {"synthetic": False, "synthetic-random-cells": True}
 
 
 class DatasetError(ValueError):
@@ -148,5 +149,5 @@ def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, 
     random background cells) or the path of a captions JSON Lines file."""
     if data in SYNTHETIC_WORLDS:
         return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height,
-                              random_cells=data == "synthetic-random-cells")
+                              random_cells=SYNTHETIC_WORLDS[data])
     return RealClips(data, frames=frames, width=width, height=height)

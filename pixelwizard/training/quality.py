@@ -112,7 +112,7 @@ def detail_table(
 ) -> tuple[dict, list]:
     """Mean metrics per (variant, steps), plus reference rows and a few frames for a contact sheet."""
     source = SyntheticClips(EVAL_SEED, clips, preset.num_frames, preset.detail_width, preset.detail_height, "heldout",
-                            random_cells=data == "synthetic-random-cells")
+                            random_cells=SYNTHETIC_WORLDS[data])
     models = {v.label: load_variant(pipe, v, variants_dir) for v in VARIANTS if v.folder is None or (variants_dir / v.folder).is_dir()}
     results: dict[tuple[str, int | str], list[dict[str, float]]] = {}
     sheet = []
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="a second detail CFG scale for the text-to-video table (default: the 2k/4k presets')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=Path, default=Path("examples/prompts.txt"))
-    parser.add_argument("--data", default="synthetic", choices=SYNTHETIC_WORLDS, help="world of the detail table's clips")
+    parser.add_argument("--data", default="synthetic", choices=list(SYNTHETIC_WORLDS), help="world of the detail table's clips")
     parser.add_argument("--release-factor", action="store_true",
                         help="anchors with SPEC.md's downsample factor [8, 16] (for models trained so)")
     parser.add_argument("--detail-only", action="store_true",
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads",
         "note": f"Preset `tiny` (17 frames, anchor 224x128, detail 448x256, detail shift {preset.detail_shift}) with "
         f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {args.clips} clips"
-        + (" of the world with random background cells" if args.data == "synthetic-random-cells" else "")
+        + (" of the world with random background cells" if SYNTHETIC_WORLDS[args.data] else "")
         + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor else "")
         + ("." if args.detail_only else f"; text-to-video: {args.prompts} prompts."),
     }

@@ -199,8 +199,7 @@ def run_recipe(
                "warmstart": str(detail.warmstart) if detail.warmstart else None, "sc_starts": detail.sc_starts,
                "data": data, "release_factor": release_factor}
     try:
-        encode = ["--data", data, *(["--release-factor"] if release_factor else [])]
-        summary |= _phases(runner, work, out, scale, start, phases, detail, data, encode)
+        summary |= _phases(runner, work, out, scale, start, phases, detail, data, release_factor)
     finally:
         summary |= {"records": runner.records, "total_s": runner.elapsed()}
         (out / "recipe.json").write_text(json.dumps(summary, indent=1))
@@ -209,7 +208,7 @@ def run_recipe(
 
 def _phases(
     runner: Runner, work: Path, out: Path, scale: Scale, start: str, phases: str, detail: DetailPlan, data: str,
-    encode: list[str],
+    release_factor: bool,
 ) -> dict:
     cache = str(work / "cache.pt")
     vae_end, encode_end, warm_end = SPLITS[phases]
@@ -223,7 +222,8 @@ def _phases(
         if phases == "vae":
             shutil.copytree(Path(base) / "vae", out / "vae", dirs_exist_ok=True)
             return {"ok": True}
-    if not runner.run("encode", ["encode", "--model", base, "--out", cache, *encode, "--seed", "1", *scale.encode],
+    world = ["--data", data, *(["--release-factor"] if release_factor else [])]
+    if not runner.run("encode", ["encode", "--model", base, "--out", cache, *world, "--seed", "1", *scale.encode],
                       runner.seconds_until(encode_end)):
         return {}
     anchor = None if phases == "detail" else runner.start(
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="self-consistency start timesteps of the branches, e.g. 600,700,800,900,1000")
     parser.add_argument("--warmstart", type=Path, default=None,
                         help="an earlier call's <out>/warmstart folder: train the branches from it")
-    parser.add_argument("--data", default="synthetic", choices=SYNTHETIC_WORLDS,
+    parser.add_argument("--data", default="synthetic", choices=list(SYNTHETIC_WORLDS),
                         help="synthetic world of the VAE and the latent cache")
     parser.add_argument("--release-factor", action="store_true",
                         help="synthesise anchors with SPEC.md's downsample factor [8, 16], not scaled to the preset")
