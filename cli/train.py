@@ -97,7 +97,10 @@ def _cache(path: Path, device: str):
 
     if not path.is_file():
         fail(f"latent cache {path} does not exist (make one with 'pixelwizard train encode')")
-    return LatentCache.load(path).to(device)
+    try:
+        return LatentCache.load(path).to(device)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
@@ -211,7 +214,7 @@ def encode_command(
     max_seconds: MaxSeconds = None,
     report: Report = None,
 ) -> None:
-    """Encode clips once into detail latents, anchor latents, synthesised anchors and prompt embeddings."""
+    """Encode clips once into detail latents, anchor latents and synthesised anchors, with their captions."""
     from pixelwizard.presets import PresetError, get_preset
 
     try:
@@ -261,6 +264,9 @@ def train_anchor_command(
     cfg_dropout: Dropout = 0.1,
     object_weight: Annotated[float, typer.Option(
         help="Extra loss weight on the object's latent cells (synthetic caches carry its mask); 0 = off.")] = 0.0,
+    train_text_encoder: Annotated[bool, typer.Option(
+        help="Train the bundle's text encoder jointly with the anchor model (the detail model must then be "
+             "trained on it too).")] = False,
     gradient_checkpointing: Checkpointing = False,
     seed: Seed = 0,
     device: Device = "auto",
@@ -279,9 +285,11 @@ def train_anchor_command(
         fail(f"--object-weight needs object masks, and {latents} has none (only synthetic data has them)")
     pipe = _open(model, target, seed)
 
+    from pixelwizard.training.captions import CaptionEmbeddings
     from pixelwizard.training.trainer import train_anchor
 
-    result = train_anchor(pipe.transformer, cache, cfg, typer.echo)
+    text = CaptionEmbeddings(pipe, cache.captions, trainable=train_text_encoder)
+    result = train_anchor(pipe.transformer, cache, text, cfg, typer.echo)
     _finish(pipe, out, result, report, settings)
 
 
@@ -339,9 +347,10 @@ def train_detail_command(
 
         pipe.register_modules(detail_transformer=fresh_copy(pipe.detail_transformer, seed))
 
+    from pixelwizard.training.captions import CaptionEmbeddings
     from pixelwizard.training.trainer import train_detail
 
-    result = train_detail(pipe.detail_transformer, cache, cfg, typer.echo)
+    result = train_detail(pipe.detail_transformer, cache, CaptionEmbeddings(pipe, cache.captions), cfg, typer.echo)
     _finish(pipe, out, result, report, settings)
 
 

@@ -128,9 +128,12 @@ class PixelWizardPipeline(DiffusionPipeline):
         return (1, self.vae.config.z_dim, (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
 
     # -- stage 0: text ---------------------------------------------------------------------
-    @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """UMT5 embeddings (N, L, D) of ``texts``, zero past each text's end (as Wan)."""
+        """UMT5 embeddings (N, L, D) of ``texts``, zero past each text's end (as Wan).
+
+        Gradients flow where they are enabled (training the text encoder); ``encode_prompt`` is the
+        inference entry point and runs without them.
+        """
         length = self.tokenizer.model_max_length
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
@@ -141,6 +144,7 @@ class PixelWizardPipeline(DiffusionPipeline):
             hidden = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
             return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 
+    @torch.no_grad()
     def encode_prompt(self, prompt: str, negative_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of the prompt and the negative prompt (empty when None)."""
         cond, uncond = self.embed_texts([prompt, negative_prompt or ""]).chunk(2)

@@ -9,12 +9,11 @@ from pixelwizard.training.recipe import BRANCHES, Runner, gpu_plan
 def test_one_gpu_shares_the_default_device_and_four_split_the_work():
     assert all(gpus == [] for gpus in gpu_plan(1).values())
     plan = gpu_plan(4)
-    assert plan["vae"] == [0, 1, 2, 3] and plan["encode"] == [0] and plan["anchor"] == [0]
-    assert plan["detail_warmstart"] == [1, 2, 3]
-    assert [plan[name] for name in BRANCHES] == [[1], [2], [3], [3], [3]]
+    assert plan["vae"] == plan["anchor"] == plan["detail_warmstart"] == [0, 1, 2, 3] and plan["encode"] == [0]
+    assert [plan[name] for name in BRANCHES] == [[0], [1], [2], [3], [3]]
     assert list(BRANCHES)[:2] == ["shortcut", "fm_only"]  # the compared pair get a GPU each
-    two = gpu_plan(2)
-    assert two["vae"] == [0, 1] and two["detail_warmstart"] == [1] and all(two[n] == [1] for n in BRANCHES)
+    two = gpu_plan(2, ("shortcut", "fm_only", "uniform_k"))
+    assert two["anchor"] == [0, 1] and [two[n] for n in ("shortcut", "fm_only", "uniform_k")] == [[0], [1], [1]]
 
 
 def test_commands_on_several_gpus_run_under_torchrun_with_their_devices(tmp_path, monkeypatch):
@@ -31,21 +30,15 @@ def test_commands_on_several_gpus_run_under_torchrun_with_their_devices(tmp_path
     (vae_argv, vae_env), (fm_argv, fm_env) = launched
     assert vae_argv[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
     assert vae_argv[5:8] == ["-m", "cli.train", "vae"] and vae_env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
-    assert fm_argv[:4] == [sys.executable, "-m", "cli.train", "detail"] and fm_env["CUDA_VISIBLE_DEVICES"] == "2"
-    assert record["gpus"] == [0, 1, 2, 3] and single["gpus"] == [2]
+    assert fm_argv[:4] == [sys.executable, "-m", "cli.train", "detail"] and fm_env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert record["gpus"] == [0, 1, 2, 3] and single["gpus"] == [1]
     assert "--max-seconds" in vae_argv and vae_argv[vae_argv.index("--device") + 1] == "cuda"
 
 
-def test_detail_only_plan_gives_the_warm_start_and_the_branches_every_gpu():
-    branches = ("shortcut", "fm_only", "uniform_k", "fixed_dt")
-    plan = gpu_plan(4, branches, anchor=False)
-    assert "anchor" not in plan and plan["detail_warmstart"] == [0, 1, 2, 3]
-    assert [plan[name] for name in branches] == [[0], [1], [2], [3]]
-
-
-def test_detail_phase_trains_branches_then_a_later_call_adds_one_from_the_same_warm_start(tmp_path):
-    """Toy sizes on the CPU, real subprocesses: call 1 trains the warm start and two branches from
-    the shipped bundle's VAE and anchor model; call 2 trains a third branch from call 1's warm start."""
+def test_anchor_phase_then_detail_branches_then_a_later_call_adds_one_from_the_same_warm_start(tmp_path):
+    """Toy sizes on the CPU, real subprocesses: call 0 trains the anchor model and the text encoder
+    from the shipped bundle; call 1 trains the warm start and two branches on call 0's bundle; call 2
+    trains a third branch from call 1's warm start."""
     import json
 
     import torch
@@ -54,7 +47,15 @@ def test_detail_phase_trains_branches_then_a_later_call_adds_one_from_the_same_w
     from pixelwizard.default_model import default_model_path
     from pixelwizard.training.recipe import TOY, DetailPlan, run_recipe
 
-    start = str(default_model_path())
+    shipped = default_model_path()
+    anchor = run_recipe(tmp_path / "w0", tmp_path / "o0", 35, TOY, str(shipped), "anchor", 1)
+    assert anchor["ok"] and [r["name"] for r in anchor["records"]] == ["encode", "anchor"]
+    assert "--train-text-encoder" in anchor["records"][1]["command"] and anchor["records"][1]["steps"] >= 1
+    encoder = "text_encoder/model.safetensors"
+    shipped_encoder = load_file(shipped / encoder)
+    start = str(tmp_path / "o0" / "anchor-bundle")
+    trained_encoder = load_file(Path(start) / encoder)
+    assert not torch.equal(shipped_encoder["shared.weight"], trained_encoder["shared.weight"])
     first = run_recipe(tmp_path / "w1", tmp_path / "o1", 60, TOY, start, "detail", 1,
                        DetailPlan(("shortcut", "fm_only"), steps=3))
     assert first["ok"] and first["branches"] == ["shortcut", "fm_only"]
@@ -65,6 +66,7 @@ def test_detail_phase_trains_branches_then_a_later_call_adds_one_from_the_same_w
     shipped_anchor = load_file(Path(start) / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(t, load_file(bundle / "transformer" / "diffusion_pytorch_model.safetensors")[k])
                for k, t in shipped_anchor.items())  # the anchor model is the start bundle's
+    assert all(torch.equal(t, load_file(bundle / encoder)[k]) for k, t in trained_encoder.items())  # and the text encoder
     assert (tmp_path / "o1" / "variants" / "fm_only" / "config.json").is_file()
 
     second = run_recipe(tmp_path / "w2", tmp_path / "o2", 45, TOY, start, "detail", 1,

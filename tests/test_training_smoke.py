@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from pixelwizard.default_model import build_tiny_pipeline, default_model_path
 from pixelwizard.bundle import write_bundle
+from pixelwizard.training.captions import CaptionEmbeddings
 from pixelwizard.training.config import ShortcutConfig, TrainConfig, VaeLossConfig
 from pixelwizard.training.datasets import SyntheticClips
 from pixelwizard.training.degrade import scaled_degradation
@@ -37,18 +38,22 @@ def test_latent_cache_holds_every_input_of_detail_training(cache):
     assert len(cache) == 16
     assert cache.latents.shape == (16, 16, 2, 4, 8) and cache.anchors.shape == (16, 16, 2, 2, 4)
     assert cache.degraded.shape == (16, 16, 2, 2, 4)  # the token grid of a 4x8 latent with 2x2 patches
-    assert cache.embeds.shape == (16, 32, 32) and cache.empty.shape == (32, 32)
+    assert len(cache.captions) == 16 and all(cache.captions)
+
+
+def frozen(pipe, cache):
+    return CaptionEmbeddings(pipe, cache.captions)
 
 
 def test_detail_training_loss_goes_down(pipe, cache):
     cfg = TrainConfig(steps=60, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10,
                       shortcut=ShortcutConfig(sc_prob=0.0)).validate()
-    result = train_detail(pipe.detail_transformer, cache, cfg, lambda _: None)
+    result = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None)
     first, last = first_and_last(result.history, "fm")
     assert result.steps == 60 and last < 0.7 * first
 
 
-def test_flow_matching_only_keeps_a_fresh_detail_model_independent_of_dt(cache):
+def test_flow_matching_only_keeps_a_fresh_detail_model_independent_of_dt(pipe, cache):
     """dt = 0 training must not teach the dt embedding or the injector's dt gate a constant (trainer.detail_parameters)."""
     detail = build_tiny_pipeline(seed=5).detail_transformer
     dt_weights = lambda: [p.detach().clone() for p in [*detail.dt_embedder.parameters(), *detail.anchor_injector.gate_dt.parameters()]]  # noqa: E731
@@ -56,26 +61,27 @@ def test_flow_matching_only_keeps_a_fresh_detail_model_independent_of_dt(cache):
     backbone_before = detail.proj_out.weight.detach().clone()
     cfg = TrainConfig(steps=8, batch_size=4, lr=1e-3, betas=(0.9, 0.999), log_every=4,
                       shortcut=ShortcutConfig(sc_prob=0.0)).validate()
-    train_detail(detail, cache, cfg, lambda _: None)
+    text = frozen(pipe, cache)
+    train_detail(detail, cache, text, cfg, lambda _: None)
     assert all(torch.equal(a, b) for a, b in zip(before, dt_weights()))
     assert not torch.equal(backbone_before, detail.proj_out.weight)  # the rest did train
     x, anchor = cache.latents[:1].float(), cache.degraded[:1].float()
-    t, text = torch.tensor([700.0]), cache.embeds[:1].float()
+    t, embeds = torch.tensor([700.0]), text(torch.tensor([0]))[0]
     with torch.no_grad():
-        at = lambda dt: detail(x, t, text, dt=torch.tensor([dt]), anchor=anchor, return_dict=False)[0]  # noqa: E731
+        at = lambda dt: detail(x, t, embeds, dt=torch.tensor([dt]), anchor=anchor, return_dict=False)[0]  # noqa: E731
         assert torch.equal(at(0.0), at(250.0))
     shortcut = TrainConfig(steps=4, batch_size=4, lr=1e-3, betas=(0.9, 0.999), log_every=2,
                            shortcut=ShortcutConfig(sc_prob=1.0)).validate()
-    train_detail(detail, cache, shortcut, lambda _: None)
+    train_detail(detail, cache, text, shortcut, lambda _: None)
     assert not all(torch.equal(a, b) for a, b in zip(before, dt_weights()))  # self-consistency steps train them
 
 
 def test_shortcut_steps_run_and_the_anchor_model_learns(pipe, cache):
     mixed = TrainConfig(steps=6, batch_size=4, lr=1e-4, log_every=3, ema=0.9, shortcut=ShortcutConfig(sc_prob=0.5)).validate()
-    history = train_detail(pipe.detail_transformer, cache, mixed, lambda _: None).history
+    history = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), mixed, lambda _: None).history
     assert any("sc" in entry for entry in history) and any("fm" in entry for entry in history)
     cfg = TrainConfig(steps=40, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10).validate()
-    first, last = first_and_last(train_anchor(pipe.transformer, cache, cfg, lambda _: None).history, "fm")
+    first, last = first_and_last(train_anchor(pipe.transformer, cache, frozen(pipe, cache), cfg, lambda _: None).history, "fm")
     assert last < 0.7 * first
 
 
@@ -174,11 +180,11 @@ def test_synthetic_caches_carry_object_masks_and_the_anchor_object_weight_uses_t
     assert cache.anchor_masks.shape == (16, 1, 2, 2, 4)  # one channel on the anchor latent grid
     assert 0 < cache.anchor_masks.float().mean() < 1 and cache.anchor_masks.max() <= 1
     cfg = TrainConfig(steps=30, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, object_weight=4.0).validate()
-    first, last = first_and_last(train_anchor(pipe.transformer, cache, cfg, lambda _: None).history, "fm")
+    first, last = first_and_last(train_anchor(pipe.transformer, cache, frozen(pipe, cache), cfg, lambda _: None).history, "fm")
     assert last < first
     without = dataclasses.replace(cache, anchor_masks=None)
     with pytest.raises(ValueError, match="object masks"):
-        train_anchor(pipe.transformer, without, cfg, lambda _: None)
+        train_anchor(pipe.transformer, without, frozen(pipe, cache), cfg, lambda _: None)
 
 
 def test_object_weight_without_masks_is_a_one_line_error(bundle_and_cache, cache, tmp_path):

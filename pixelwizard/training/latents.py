@@ -1,14 +1,15 @@
-"""Encoded training data: clips turned once into normalised VAE latents, anchors and prompt embeddings.
+"""Encoded training data: clips turned once into normalised VAE latents and anchors, with their captions.
 
 The anchor and detail trainers only need latents, so clips are rendered (or decoded) and encoded
-once into a ``LatentCache``; training steps then only run the transformer.
+once into a ``LatentCache``; training steps then only run the transformer. Captions are embedded
+at training time by the bundle being trained (``pixelwizard.training.captions``).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -36,12 +37,6 @@ def set_latent_stats(vae, videos: torch.Tensor, batch: int = 8) -> None:
     mean = raw.mean(dim=(0, 2, 3, 4))
     std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
     vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
-
-
-@torch.no_grad()
-def embed_texts(pipe, texts: list[str], batch: int = 256) -> torch.Tensor:
-    """Prompt embeddings (N, L, D), float32 on the CPU, made by the pipeline in batches."""
-    return torch.cat([pipe.embed_texts(texts[i : i + batch]).float().cpu() for i in range(0, len(texts), batch)])
 
 
 def resize_latent(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -76,13 +71,11 @@ def area_resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class LatentCache:
-    """Encoded clips: detail latents, clean anchor latents, synthesised anchors and prompt embeddings."""
+    """Encoded clips: detail latents, clean anchor latents, synthesised anchors and captions."""
 
     latents: torch.Tensor  # (N, C, F, h, w) detail-size latents
     anchors: torch.Tensor  # (N, C, F, ha, wa) latents of the clean anchor-size clip (anchor model data)
     degraded: torch.Tensor  # (N, C, F, gh, gw) synthesised anchors on the detail token grid (SPEC.md 7)
-    embeds: torch.Tensor  # (N, L, D) prompt embeddings
-    empty: torch.Tensor  # (L, D) embedding of the empty prompt (CFG dropout)
     captions: list[str]
     anchor_masks: torch.Tensor | None = None  # (N, 1, F, ha, wa) object coverage on the anchor latent grid (synthetic data)
 
@@ -104,7 +97,12 @@ class LatentCache:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentCache":
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        """Read a cache; one written with other fields (an older version) is a ``ValueError``."""
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        if not isinstance(stored, dict) or not required <= set(stored) <= {f.name for f in fields(cls)}:
+            raise ValueError(f"{path} is not a latent cache of this version; make it again with 'pixelwizard train encode'")
+        return cls(**stored)
 
 
 @torch.no_grad()
@@ -147,13 +145,10 @@ def build_latent_cache(
         captions += [source.caption(i) for i in chunk]
         if max_seconds is not None and time.monotonic() - started > max_seconds:
             break
-    embeds = embed_texts(pipe, captions + [""]).half()
     return LatentCache(
         latents=torch.cat(latents),
         anchors=torch.cat(anchors),
         degraded=torch.cat(degraded),
-        embeds=embeds[:-1],
-        empty=embeds[-1],
         captions=captions,
         anchor_masks=torch.cat(masks) if masks else None,
     )

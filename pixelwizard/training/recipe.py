@@ -1,29 +1,31 @@
 """The training run behind the shipped tiny bundle, in one wall-clock budget (docs/training.md).
 
-Runs ``pixelwizard train`` commands as subprocesses:
+Runs ``pixelwizard train`` commands as subprocesses, one after the other:
 
 1. ``vae``, from ``--start`` (``random``, or a bundle whose VAE training continues);
 2. ``encode`` synthetic clips into a latent cache with that VAE;
-3. in parallel: ``anchor`` (plain flow matching, until the end; continues the start bundle's
-   anchor model) and the detail model's flow-matching warm start from fresh weights
-   (``detail --sc-prob 0 --reinit``);
-4. from the warm start, in parallel: shortcut training (the shipped model), flow matching only
+3. ``anchor``: plain flow matching, the text encoder trained with it (``--train-text-encoder``);
+   continues the start bundle's anchor model and text encoder;
+4. the detail model's flow-matching warm start from fresh weights (``detail --sc-prob 0 --reinit``),
+   on the text encoder of step 3;
+5. from the warm start, in parallel: shortcut training (the shipped model), flow matching only
    (the baseline), and one ablation per technique (uniform k, fixed-grid dt, calibration off);
-5. assemble the bundle (float16 weights) and save the other detail models beside it.
+6. assemble the bundle (float16 weights) and save the other detail models beside it.
 
 ``--phases vae`` stops after 1 and leaves the VAE in ``<out>/vae``; ``--phases transformers``
-skips 1 and takes the VAE from ``--start`` (so one run can be split over two shorter calls);
-``--phases detail`` also keeps ``--start``'s anchor model and trains only the detail models.
-``--branches`` picks which branches of 4 to train, ``--branch-steps`` caps their steps (so a branch
+skips 1 and takes the VAE from ``--start`` (so one run can be split over shorter calls);
+``--phases anchor`` runs 2 and 3 only and writes ``<out>/anchor-bundle`` (its detail model is still
+the start bundle's, trained on the old text encoder: follow with ``--phases detail``);
+``--phases detail`` keeps ``--start``'s VAE, text encoder and anchor model and runs 2, 4-6.
+``--branches`` picks which branches of 5 to train, ``--branch-steps`` caps their steps (so a branch
 trained in a later call can match the others' step count), and ``--warmstart`` takes the warm start
 from an earlier call's ``<out>/warmstart`` instead of training it. ``--data`` picks the synthetic
 world of the VAE and the latent cache (``synthetic-random-cells``: random background cells);
 ``--release-factor`` synthesises the anchors with SPEC.md's unscaled downsample factor.
 Every command, its exit code, times and step counts go to ``<out>/recipe.json``.
 
-On several GPUs (``gpu_plan``) the VAE trains data-parallel on all of them (torchrun), the
-anchor model gets GPU 0 to itself, the detail warm start runs data-parallel on the others (on all
-of them when no anchor model is trained), and the branches get one GPU each where there are enough.
+On several GPUs (``gpu_plan``) the VAE, the anchor model and the detail warm start each train
+data-parallel on all of them (torchrun), and the branches get one GPU each where there are enough.
 
     python -m pixelwizard.training.recipe --work /tmp/work --out /tmp/result [--budget 530] [--toy]
 """
@@ -51,10 +53,10 @@ BRANCHES: dict[str, list[str]] = {
     "no_calibration": ["--no-calibration"],
 }
 STARTUP_SECONDS = 15.0  # a command's import, load and save time outside its --max-seconds
-PHASES = ("all", "vae", "transformers", "detail")
-# Where each phase ends, as a fraction of the budget: (vae, encode, detail warm start).
-SPLITS = {"all": (0.36, 0.48, 0.66), "vae": (1.0, 1.0, 1.0), "transformers": (0.0, 0.12, 0.40),
-          "detail": (0.0, 0.13, 0.42)}
+PHASES = ("all", "vae", "transformers", "anchor", "detail")
+# Where each phase ends, as a fraction of the budget: (vae, encode, anchor model, detail warm start).
+SPLITS = {"all": (0.30, 0.36, 0.60, 0.72), "vae": (1.0, 1.0, 1.0, 1.0), "transformers": (0.0, 0.10, 0.50, 0.64),
+          "anchor": (0.0, 0.16, 1.0, 1.0), "detail": (0.0, 0.13, 0.13, 0.42)}
 DECAY = ["--lr-decay", "cosine"]
 OBJECT_WEIGHT = 4.0  # anchor model: the object's latent cells count 5x (docs/training.md, run 3)
 
@@ -87,22 +89,20 @@ TOY = Scale(
 )
 
 
-def gpu_plan(count: int, branches: tuple[str, ...] = tuple(BRANCHES), anchor: bool = True) -> dict[str, list[int]]:
+def gpu_plan(count: int, branches: tuple[str, ...] = tuple(BRANCHES)) -> dict[str, list[int]]:
     """GPU indices per command for ``count`` GPUs ([] = the default device, one process).
 
-    One GPU (or none): everything shares it, as processes side by side. Several: ``vae`` on all
-    (data-parallel), ``encode`` and ``anchor`` on GPU 0, ``detail_warmstart`` on the rest
-    (data-parallel; on all when there is no ``anchor`` command), and ``branches`` in order on those
-    GPUs, the ones left over sharing the last (the shipped shortcut model and its
-    flow-matching-only baseline come first).
+    One GPU (or none): everything shares it, as processes side by side. Several: ``vae``,
+    ``anchor`` and ``detail_warmstart`` on all (data-parallel, one after the other), ``encode`` on
+    GPU 0, and ``branches`` in order one GPU each, the ones left over sharing the last (the shipped
+    shortcut model and its flow-matching-only baseline come first).
     """
-    names = ("vae", "encode", *(("anchor",) if anchor else ()), "detail_warmstart", *branches)
+    names = ("vae", "encode", "anchor", "detail_warmstart", *branches)
     if count <= 1:
         return {name: [] for name in names}
-    rest = list(range(1, count)) if anchor else list(range(count))
-    plan = {"vae": list(range(count)), "encode": [0], "anchor": [0], "detail_warmstart": rest}
-    plan |= {name: [rest[min(i, len(rest) - 1)]] for i, name in enumerate(branches)}
-    return {name: plan[name] for name in names}
+    every = list(range(count))
+    plan = {"vae": every, "encode": [0], "anchor": every, "detail_warmstart": every}
+    return plan | {name: [min(i, count - 1)] for i, name in enumerate(branches)}
 
 
 class Runner:
@@ -193,7 +193,7 @@ def run_recipe(
     """Run the phases on ``gpus`` GPUs; write and return the summary (ok is False when their result could not be made)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus, detail.branches, phases != "detail"))
+    runner = Runner(work, time.monotonic() + budget, scale.device, gpu_plan(gpus, detail.branches))
     summary = {"ok": False, "branches": [], "start": start, "phases": phases, "gpus": gpus,
                "requested_branches": list(detail.branches), "branch_steps": detail.steps,
                "warmstart": str(detail.warmstart) if detail.warmstart else None, "sc_starts": detail.sc_starts,
@@ -211,7 +211,7 @@ def _phases(
     release_factor: bool,
 ) -> dict:
     cache = str(work / "cache.pt")
-    vae_end, encode_end, warm_end = SPLITS[phases]
+    vae_end, encode_end, anchor_end, warm_end = SPLITS[phases]
     base = start
     if phases in ("all", "vae"):
         base = str(work / "vae")
@@ -226,13 +226,19 @@ def _phases(
     if not runner.run("encode", ["encode", "--model", base, "--out", cache, *world, "--seed", "1", *scale.encode],
                       runner.seconds_until(encode_end)):
         return {}
-    anchor = None if phases == "detail" else runner.start(
-        "anchor",
-        ["anchor", "--model", base, "--latents", cache, "--out", str(work / "anchor"),
-         "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", *DECAY, "--ema", "0.99",
-         "--object-weight", str(OBJECT_WEIGHT), "--steps", "1000000", "--seed", "2"],
-        runner.seconds_until(),
-    )
+    if phases != "detail":  # the anchor model and text encoder; the detail models then train on that encoder
+        trained_from, base = base, str(work / "anchor")
+        if not runner.run(
+            "anchor",
+            ["anchor", "--model", trained_from, "--latents", cache, "--out", base, "--train-text-encoder",
+             "--batch-size", str(scale.anchor_batch), "--lr", "3e-4", "--warmup", "200", *DECAY, "--ema", "0.99",
+             "--object-weight", str(OBJECT_WEIGHT), "--steps", "1000000", "--seed", "2"],
+            runner.seconds_until(anchor_end),
+        ):
+            return {}
+        if phases == "anchor":
+            _write_float16(Path(base), out / "anchor-bundle")
+            return {"ok": True}
     warm = work / "detail_warmstart"
     if detail.warmstart is None:
         warm_ok = runner.run(
@@ -263,10 +269,18 @@ def _phases(
             for name in detail.branches
         }
         branches_done = [name for name, (process, record) in started.items() if runner.finish(process, record)]
-    anchor_ok = anchor is None or runner.finish(*anchor)
-    if anchor_ok and branches_done:
-        assemble(Path(base) if anchor is None else work / "anchor", work, out, branches_done)
-    return {"ok": anchor_ok and branches_done == list(detail.branches), "branches": branches_done}
+    if branches_done:
+        assemble(Path(base), work, out, branches_done)
+    return {"ok": branches_done == list(detail.branches), "branches": branches_done}
+
+
+def _write_float16(bundle: Path, out: Path) -> None:
+    """Copy a float32 training bundle as the float16 bundle that ships."""
+    import torch
+
+    from pixelwizard.bundle import load_bundle, write_bundle
+
+    write_bundle(load_bundle(bundle, device="cpu", dtype=torch.float32), out, dtype=torch.float16)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,8 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--toy", action="store_true", help="toy sizes on the CPU, to check the recipe end to end")
     parser.add_argument("--start", default="random", help="'random', or the bundle the VAE phase continues from")
     parser.add_argument("--phases", default="all", choices=PHASES,
-                        help="all; vae (stop after the VAE); transformers (VAE taken from --start); "
-                             "detail (VAE and anchor model taken from --start)")
+                        help="all; vae (stop after the VAE); transformers (VAE taken from --start); anchor (the "
+                             "anchor model and text encoder only); detail (the rest taken from --start)")
     parser.add_argument("--branches", default=",".join(BRANCHES),
                         help=f"comma-separated detail branches to train (of {', '.join(BRANCHES)})")
     parser.add_argument("--branch-steps", type=int, default=1_000_000, help="at most this many steps per branch")
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.start != "random" and not (Path(args.start) / "model_index.json").is_file():
         parser.error(f"--start {args.start} is not a bundle folder (no model_index.json)")
-    if args.phases in ("transformers", "detail") and args.start == "random":
+    if args.phases in ("transformers", "anchor", "detail") and args.start == "random":
         parser.error(f"--phases {args.phases} needs --start: a bundle whose VAE (and anchor model) it keeps")
     branches = tuple(name for name in args.branches.split(",") if name)
     unknown = [name for name in branches if name not in BRANCHES]
@@ -305,8 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--branch-steps must be at least 1, got {args.branch_steps}")
     if args.warmstart is not None and not (args.warmstart / "config.json").is_file():
         parser.error(f"--warmstart {args.warmstart} is not a detail model folder (no config.json)")
-    if args.warmstart is not None and args.phases == "vae":
-        parser.error("--warmstart has no use with --phases vae")
+    if args.warmstart is not None and args.phases in ("vae", "anchor"):
+        parser.error(f"--warmstart has no use with --phases {args.phases}")
     detail = DetailPlan(branches, args.branch_steps, args.warmstart, args.sc_starts)
     scale = TOY if args.toy else FULL
     gpus = args.gpus

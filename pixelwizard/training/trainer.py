@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from pixelwizard.training.captions import CaptionEmbeddings
 from pixelwizard.training.config import TrainConfig, VaeLossConfig
 from pixelwizard.training.datasets import ClipSource
 from pixelwizard.training.latents import LatentCache
@@ -184,12 +185,13 @@ def _batch(cache: LatentCache, indices: torch.Tensor, name: str, device: torch.d
     return getattr(cache, name)[indices.to(getattr(cache, name).device)].to(device).float()
 
 
-def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) -> TrainResult:
+def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log) -> TrainResult:
     """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout.
 
     With ``cfg.object_weight`` > 0 each latent cell's error is weighted by 1 + object_weight x the
     object's coverage of it (the cache's ``anchor_masks``): the object is a small part of the frame,
-    and without the weight a small model learns the background first.
+    and without the weight a small model learns the background first. A trainable ``text`` trains
+    the text encoder with the same loss (the tiny bundle's encoder has no pretraining to keep).
     """
     device = transformer.device
     if cfg.object_weight > 0 and cache.anchor_masks is None:
@@ -198,14 +200,15 @@ def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) ->
     generator = torch.Generator().manual_seed(cfg.seed + rank())
     noise_generator = torch.Generator(device).manual_seed(cfg.seed + rank())
     transformer.train().requires_grad_(True)
+    text.train()
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    empty = cache.empty.to(device).float()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, str]:
         indices = torch.randint(len(cache), (cfg.batch_size,), generator=generator)
         x0 = _batch(cache, indices, "anchors", device)
-        embeds, _, _ = cfg_dropout(_batch(cache, indices, "embeds", device), None, empty, cfg.cfg_dropout, generator)
+        embeds, empty = text(indices)
+        embeds, _, _ = cfg_dropout(embeds.to(device), None, empty.to(device), cfg.cfg_dropout, generator)
         t = sample_fm_timesteps(cfg.batch_size, grid, generator)
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
         with autocast(device):
@@ -215,8 +218,9 @@ def train_anchor(transformer, cache: LatentCache, cfg: TrainConfig, log: Log) ->
             element = object_weights(_batch(cache, indices, "anchor_masks", device), cfg.object_weight)
         return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid).to(device), element), "fm"
 
-    result = run_loop(loss_fn, [p for p in transformer.parameters()], cfg, log)
+    result = run_loop(loss_fn, [*transformer.parameters(), *text.parameters()], cfg, log)
     transformer.eval().requires_grad_(False)
+    text.train(False)
     return result
 
 
@@ -236,7 +240,7 @@ def detail_parameters(detail, adapter_only: bool, flow_matching_only: bool) -> l
     return [p for p in params if id(p) not in dt_dependent]
 
 
-def train_detail(detail, cache: LatentCache, cfg: TrainConfig, log: Log) -> TrainResult:
+def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log) -> TrainResult:
     """Flow matching (dt = 0) mixed with self-consistency shortcut steps, SPEC.md 7.
 
     Each iteration is a self-consistency step for the whole batch with probability
@@ -254,15 +258,14 @@ def train_detail(detail, cache: LatentCache, cfg: TrainConfig, log: Log) -> Trai
         p.requires_grad_(True)
     if cfg.gradient_checkpointing:
         detail.enable_gradient_checkpointing()
-    empty = cache.empty.to(device).float()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, str]:
         self_consistency = float(torch.rand(1, generator=mode_generator)) < sc.sc_prob
         indices = torch.randint(len(cache), (cfg.batch_size,), generator=generator)
         x0 = _batch(cache, indices, "latents", device)
+        embeds, empty = text(indices)
         embeds, anchor, _ = cfg_dropout(
-            _batch(cache, indices, "embeds", device), _batch(cache, indices, "degraded", device), empty,
-            cfg.cfg_dropout, generator,
+            embeds.to(device), _batch(cache, indices, "degraded", device), empty.to(device), cfg.cfg_dropout, generator,
         )
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
 
