@@ -102,3 +102,26 @@ def test_recipe_rejects_unknown_branches_and_a_missing_warm_start(tmp_path):
     world = run("--data", "mars")
     assert world.returncode == 2 and "--data: invalid choice: 'mars'" in world.stderr
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_all_phases_from_random_weights_train_the_detail_models_on_the_trained_text_encoder(tmp_path):
+    """Toy sizes on the CPU, real subprocesses, one after the other: VAE, latents, anchor model with
+    the text encoder, then the detail warm start and branches, whose bundle carries that encoder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pixelwizard.training.recipe import TOY, DetailPlan, run_recipe
+
+    summary = run_recipe(tmp_path / "w", tmp_path / "o", 100, TOY, "random", "all", 1,
+                         DetailPlan(("shortcut", "fm_only"), steps=2))
+    assert summary["ok"], summary
+    order = [(r["name"], r["start_s"], r["end_s"]) for r in summary["records"]]
+    assert [name for name, _, _ in order] == ["vae", "encode", "anchor", "detail_warmstart", "shortcut", "fm_only"]
+    assert all(end <= next_start for (_, _, end), (_, next_start, _) in zip(order[:3], order[1:4]))  # sequential
+    assert "--model " + str(tmp_path / "w" / "anchor") in summary["records"][3]["command"]
+    encoder = "text_encoder/model.safetensors"
+    trained = load_file(tmp_path / "w" / "anchor" / encoder)
+    shipped = load_file(tmp_path / "o" / "pixelwizard-tiny" / encoder)
+    random = load_file(tmp_path / "w" / "vae" / encoder)
+    assert torch.allclose(trained["shared.weight"].half(), shipped["shared.weight"])  # float16 copy of the trained one
+    assert not torch.equal(random["shared.weight"], trained["shared.weight"])
