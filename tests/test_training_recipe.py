@@ -48,15 +48,17 @@ def test_anchor_phase_then_detail_branches_then_a_later_call_adds_one_from_the_s
     from pixelwizard.training.recipe import TOY, DetailPlan, run_recipe
 
     shipped = default_model_path()
-    anchor = run_recipe(tmp_path / "w0", tmp_path / "o0", 35, TOY, str(shipped), "anchor", 1)
+    anchor = run_recipe(tmp_path / "w0", tmp_path / "o0", 45, TOY, str(shipped), "anchor", 1)
     assert anchor["ok"] and [r["name"] for r in anchor["records"]] == ["encode", "anchor"]
     assert "--train-text-encoder" in anchor["records"][1]["command"] and anchor["records"][1]["steps"] >= 1
     encoder = "text_encoder/model.safetensors"
     shipped_encoder = load_file(shipped / encoder)
     start = str(tmp_path / "o0" / "anchor-bundle")
-    trained_encoder = load_file(Path(start) / encoder)
-    assert not torch.equal(shipped_encoder["shared.weight"], trained_encoder["shared.weight"])
-    first = run_recipe(tmp_path / "w1", tmp_path / "o1", 60, TOY, start, "detail", 1,
+    trained_encoder = load_file(Path(start) / encoder)  # float16, as shipped
+    in_training = load_file(tmp_path / "w0" / "anchor" / encoder)  # float32: even one step shows
+    assert not torch.equal(shipped_encoder["shared.weight"].float(), in_training["shared.weight"])
+    assert torch.equal(in_training["shared.weight"].half(), trained_encoder["shared.weight"])
+    first = run_recipe(tmp_path / "w1", tmp_path / "o1", 90, TOY, start, "detail", 1,
                        DetailPlan(("shortcut", "fm_only"), steps=3))
     assert first["ok"] and first["branches"] == ["shortcut", "fm_only"]
     steps = {record["name"]: record["steps"] for record in first["records"]}
