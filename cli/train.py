@@ -170,9 +170,9 @@ def train_vae_command(
     report: Report = None,
 ) -> None:
     """Train the VAE to reconstruct clips, then store its latent mean/std in its config."""
+    settings = dict(locals())  # the command's options, for the report (before any local name exists)
     from pixelwizard.training.config import ConfigError, VaeLossConfig
 
-    settings = dict(locals())
     target = _setup(device)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, seed=seed,
@@ -330,9 +330,9 @@ def train_detail_command(
     report: Report = None,
 ) -> None:
     """Train the detail model: flow matching mixed with shortcut self-consistency (SPEC.md 7)."""
+    settings = dict(locals())  # the command's options, for the report (before any local name exists)
     from pixelwizard.training.config import ShortcutConfig
 
-    settings = dict(locals())
     target = _setup(device)
     shortcut = ShortcutConfig(sc_prob=sc_prob, starts=_starts(sc_starts), levels=dt_levels, lam=lam,
                               k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)

@@ -112,7 +112,10 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         result = invoke("detail", "--model", bundle, "--latents", cache_file, "--out", out, "--steps", "3",
                         "--batch-size", "2", "--device", "cpu", "--report", tmp_path / "r.json", "--sc-prob", "0.5")
         assert result.exit_code == 0, result.output
-    assert (out / "detail_transformer").is_dir() and json.loads((tmp_path / "r.json").read_text())["steps"] == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (out / "detail_transformer").is_dir() and report["steps"] == 3
+    # the settings are the command's options, nothing else
+    assert report["settings"]["sc_prob"] == 0.5 and "ShortcutConfig" not in report["settings"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 

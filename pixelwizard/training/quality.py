@@ -218,8 +218,8 @@ def write_report(
         "",
         "## 1. Detail stage from ground-truth anchors",
         "",
-        "Anchors are synthesised from the ground-truth clip exactly as in training (SPEC.md 7, scaled",
-        "to the tiny preset), then the detail model renders from pure noise. PSNR/SSIM against the",
+        "Anchors are synthesised from the ground-truth clip exactly as in training (SPEC.md 7, with the",
+        "downsample factor named above), then the detail model renders from pure noise. PSNR/SSIM against the",
         "ground-truth clip (higher is better); HD-MSE (SPEC.md 8) is the amount of fine detail, to be",
         "compared with the ground truth's; flicker is the mean absolute second temporal difference.",
         "",
@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         "note": f"Preset `tiny` (17 frames, anchor 224x128, detail 448x256, detail shift {preset.detail_shift}) with "
         f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {args.clips} clips"
         + (" of the world with random background cells" if SYNTHETIC_WORLDS[args.data] else "")
-        + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor else "")
+        + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor
+           else ", anchors with SPEC.md's downsample factor scaled to the preset")
         + ("." if args.detail_only else f"; text-to-video: {args.prompts} prompts."),
     }
     sheet_dir = args.out.parent / "samples"

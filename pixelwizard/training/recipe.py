@@ -160,14 +160,10 @@ def assemble(components: Path, work: Path, out: Path, branches_done: list[str]) 
     """The shipped bundle (``components``' other models + shortcut detail model, float16) and the other detail models."""
     import torch
 
-    from pixelwizard.bundle import load_bundle, write_bundle
     from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
 
     if "shortcut" in branches_done:
-        pipe = load_bundle(components, device="cpu", dtype=torch.float32)
-        shortcut = PixelWizardTransformer3DModel.from_pretrained(work / "shortcut" / "detail_transformer", torch_dtype=torch.float32)
-        pipe.register_modules(detail_transformer=shortcut)
-        write_bundle(pipe, out / "pixelwizard-tiny", dtype=torch.float16)
+        _write_float16(components, out / "pixelwizard-tiny", detail=work / "shortcut" / "detail_transformer")
     for name in branches_done:
         if name == "shortcut":
             continue
@@ -274,13 +270,18 @@ def _phases(
     return {"ok": branches_done == list(detail.branches), "branches": branches_done}
 
 
-def _write_float16(bundle: Path, out: Path) -> None:
-    """Copy a float32 training bundle as the float16 bundle that ships."""
+def _write_float16(bundle: Path, out: Path, detail: Path | None = None) -> None:
+    """Copy a float32 training bundle as the float16 bundle that ships, with ``detail``'s detail model if given."""
     import torch
 
     from pixelwizard.bundle import load_bundle, write_bundle
+    from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
 
-    write_bundle(load_bundle(bundle, device="cpu", dtype=torch.float32), out, dtype=torch.float16)
+    pipe = load_bundle(bundle, device="cpu", dtype=torch.float32)
+    if detail is not None:
+        pipe.register_modules(
+            detail_transformer=PixelWizardTransformer3DModel.from_pretrained(detail, torch_dtype=torch.float32))
+    write_bundle(pipe, out, dtype=torch.float16)
 
 
 def main(argv: list[str] | None = None) -> None:
