@@ -221,12 +221,20 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         run_id = match.group(1)
 
         deadline = time.monotonic() + RUN_TIMEOUT_S
+        state = "not yet read"
         while True:
-            run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
-            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
+            try:
+                run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+            except httpx.TransportError as error:
+                # On a loaded 2-core machine the server, the workers and two render processes share the
+                # cores, and one poll can time out (seen in CI); the run's own deadline decides.
+                print(f"poll of the nightly run failed, polling again: {error!r}")
+            else:
+                state = run["state_name"]
+                if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    break
             services.check_alive()
-            assert time.monotonic() < deadline, f"nightly-batch run still {run['state_name']} after {RUN_TIMEOUT_S} s"
+            assert time.monotonic() < deadline, f"nightly-batch run still {state} after {RUN_TIMEOUT_S} s"
             time.sleep(2)
         assert run["state_type"] == "COMPLETED", run["state"]
         assert run["deployment_id"] == nightly["id"] and run["work_pool_name"] == "cpu"
