@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,7 +82,8 @@ def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    staging = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}")
+    staging.mkdir()  # mode 0o777 less the umask, as the renamed bundle should have (mkdtemp: 0o700)
     try:
         yield staging
         if destination.exists():

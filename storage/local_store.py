@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from storage.object_store import (
     ObjectStore,
     StoredObject,
     copy_hashing,
+    new_temp_file,
     validate_key,
     validate_metadata,
     verify_integrity,
@@ -81,7 +81,7 @@ class LocalStore(ObjectStore):
         record, handle = self._open_with_record(key)
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False)
+        tmp = new_temp_file(dest.parent, f".{dest.name}.")
         try:
             with handle, tmp:
                 sha256, size = copy_hashing(handle, tmp)
@@ -215,7 +215,7 @@ class LocalStore(ObjectStore):
         return self.root / _META_DIR / f"{key}.json"
 
     def _new_tmp(self) -> IO[bytes]:
-        return tempfile.NamedTemporaryFile(dir=self.root / _TMP_DIR, delete=False)
+        return new_temp_file(self.root / _TMP_DIR, "")
 
     @contextmanager
     def _locked(self, keys: Sequence[str], *, exclusive: bool = True) -> Iterator[None]:

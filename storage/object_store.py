@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,15 @@ def file_sha256(path: Path) -> tuple[str, int]:
     """SHA-256 hex digest and size of the file at ``path``."""
     with open(path, "rb") as fh:
         return copy_hashing(fh)
+
+
+def new_temp_file(directory: Path, prefix: str) -> IO[bytes]:
+    """A new uniquely named file in ``directory``, open for writing, to be renamed into place.
+
+    Created like any new file (mode 0o666 less the umask), so that a video or object renamed from
+    it is readable as the user expects; ``tempfile``'s own files are owner-only (0o600).
+    """
+    return open(Path(directory) / f"{prefix}{secrets.token_hex(8)}", "xb")
 
 
 def verify_integrity(key: str, sha256: str, size: int, expected_sha256: str, expected_size: int) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from storage.object_store import (
     StoredObject,
     copy_hashing,
     file_sha256,
+    new_temp_file,
     validate_key,
     validate_metadata,
     verify_integrity,
@@ -152,7 +152,7 @@ class S3Store(ObjectStore):
         stored = self.stat(key)
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False)
+        tmp = new_temp_file(dest.parent, f".{dest.name}.")
         try:
             with tmp:
                 self._client.download_fileobj(self.bucket, self._full_key(key), tmp, Config=self._transfer)

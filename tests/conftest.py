@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,14 @@ def _start_postgres() -> tuple[bool, str]:
             f"pg_ctlcluster {version}: rc={done.returncode} {(done.stderr or done.stdout).strip()[:200]}".strip()
         )
     return started, "; ".join(outcomes)
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for the test (``umask(0o022)``); the original is restored afterwards."""
+    original = os.umask(0o022)
+    yield os.umask
+    os.umask(original)
 
 
 @pytest.fixture(scope="session")

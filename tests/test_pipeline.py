@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixelwizard.bundle import ModelFolderError, bundle_revision, check_bundle, load_bundle
-from pixelwizard.bundle import write_bundle
+from pixelwizard.bundle import staged_folder, write_bundle
 from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.presets import PresetError, get_preset
 from pixelwizard.seeds import stage_seeds
@@ -112,6 +112,22 @@ def test_incomplete_bundle_is_named(bundle, tmp_path):
     (broken / "model_index.json").write_text((bundle / "model_index.json").read_text())
     with pytest.raises(ModelFolderError, match="tokenizer"):
         check_bundle(broken)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_staged_folder_follows_the_umask_and_replaces_atomically(tmp_path, umask, mask, mode):
+    umask(mask)
+    destination = tmp_path / "bundle"
+    with staged_folder(destination) as staging:
+        (staging / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_folder(destination) as staging:
+            (staging / "a.txt").write_text("new")
+            raise RuntimeError("write failed")
+
+    assert destination.stat().st_mode & 0o777 == mode
+    assert (destination / "a.txt").read_text() == "old"  # the failed write left the earlier folder alone
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # and no staging folder behind
 
 
 def test_revision_changes_when_weights_change(bundle, tmp_path):

@@ -60,6 +60,19 @@ def test_put_file_and_get_file_are_verified_and_atomic(store: LocalStore, tmp_pa
     assert [p.name for p in dest.parent.iterdir()] == ["copy.mp4"]  # no temp file left next to it
 
 
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_stored_and_fetched_files_follow_the_umask(store: LocalStore, tmp_path: Path, umask, mask: int, mode: int) -> None:
+    umask(mask)
+    source = tmp_path / "video.mp4"
+    source.write_bytes(b"mp4")
+    store.put_file("videos/v.mp4", source)
+    dest = tmp_path / "out" / "v.mp4"
+    store.get_file("videos/v.mp4", dest)
+
+    assert (store.root / "videos" / "v.mp4").stat().st_mode & 0o777 == mode
+    assert dest.stat().st_mode & 0o777 == mode
+
+
 def test_list_prefix_is_sorted_and_hides_internal_files(store: LocalStore) -> None:
     for key in ("b/2", "a/1", "a/0", "ab", "c"):
         store.put_bytes(key, key.encode())

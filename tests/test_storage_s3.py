@@ -99,6 +99,17 @@ def test_large_object_goes_multipart_and_roundtrips(s3_bucket: S3Bucket, tmp_pat
     assert dest.read_bytes() == source.read_bytes()
 
 
+def test_fetched_file_follows_the_umask(s3_bucket: S3Bucket, tmp_path: Path, umask) -> None:
+    umask(0o022)
+    store = _open(s3_bucket)
+    store.put_bytes("videos/v.mp4", b"mp4")
+    dest = tmp_path / "v.mp4"
+    store.get_file("videos/v.mp4", dest)
+
+    assert dest.read_bytes() == b"mp4"
+    assert dest.stat().st_mode & 0o777 == 0o644  # not tempfile's owner-only 0o600
+
+
 @pytest.mark.parametrize("size", [1024, 11 * MiB], ids=["single-put", "multipart"])
 def test_create_only_conflict(s3_bucket: S3Bucket, size: int) -> None:
     store = _open(s3_bucket, options=SMALL_PARTS)
