@@ -78,8 +78,8 @@ def _start_postgres() -> tuple[bool, str]:
 
 
 @pytest.fixture
-def umask() -> Iterator[Callable[[int], None]]:
-    """Set the process umask for the test (``umask(0o022)``); the original is restored afterwards."""
+def umask() -> Iterator[Callable[[int], int]]:
+    """``os.umask``, to set the process umask within the test; the original is restored afterwards."""
     original = os.umask(0o022)
     yield os.umask
     os.umask(original)
