@@ -307,6 +307,7 @@ def train_detail_command(
     out: Out,
     sc_prob: Annotated[float, typer.Option(help="Share of self-consistency iterations; 0 = flow matching only.")] = 0.3,
     sc_starts: Annotated[str, typer.Option(help="Start timesteps T of self-consistency steps.")] = "500,600,700,800",
+    sc_weight: Annotated[float, typer.Option(help="Weight of the self-consistency loss: L_fm + w L_sc.")] = 1.0,
     dt_levels: Annotated[int, typer.Option(help="Step-size candidates k = 0..levels-1.")] = 6,
     lam: Annotated[float, typer.Option(help="Lambda of P(k) ~ exp(-lambda k).")] = 0.7,
     k_sampling: Annotated[str, typer.Option(help="exponential or uniform (ablation).")] = "exponential",
@@ -334,7 +335,7 @@ def train_detail_command(
     from pixelwizard.training.config import ShortcutConfig
 
     target = _setup(device)
-    shortcut = ShortcutConfig(sc_prob=sc_prob, starts=_starts(sc_starts), levels=dt_levels, lam=lam,
+    shortcut = ShortcutConfig(sc_prob=sc_prob, sc_weight=sc_weight, starts=_starts(sc_starts), levels=dt_levels, lam=lam,
                               k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,

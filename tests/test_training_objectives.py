@@ -141,6 +141,7 @@ def test_flow_matching_pieces():
         (dict(starts=(10.0,), dt_grid="fixed"), "dt candidate set is empty"),
         (dict(lam=-0.5), "lambda must be >= 0"),
         (dict(sc_prob=1.5), "probability"),
+        (dict(sc_weight=0.0), "loss weight must be > 0"),
         (dict(k_sampling="linear"), "k sampling"),
         (dict(starts=(0.0,)), "start timestep"),
     ],
@@ -154,7 +155,8 @@ def test_training_settings_default_to_the_spec_and_are_checked():
     cfg = TrainConfig().validate()
     assert cfg.betas == (0.0, 0.999) and cfg.weight_decay == 0.01 and cfg.grad_clip == 1.0 and cfg.cfg_dropout == 0.1
     sc = cfg.shortcut
-    assert (sc.sc_prob, sc.starts, sc.levels, sc.lam, sc.calibration_clamp) == (0.3, (500.0, 600.0, 700.0, 800.0), 6, 0.7, (0.1, 10.0))
+    assert (sc.sc_prob, sc.sc_weight, sc.starts, sc.levels, sc.lam, sc.calibration_clamp) == (
+        0.3, 1.0, (500.0, 600.0, 700.0, 800.0), 6, 0.7, (0.1, 10.0))
     with pytest.raises(ConfigError, match="EMA"):
         TrainConfig(ema=1.0).validate()
 

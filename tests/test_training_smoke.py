@@ -76,6 +76,21 @@ def test_flow_matching_only_keeps_a_fresh_detail_model_independent_of_dt(pipe, c
     assert not all(torch.equal(a, b) for a, b in zip(before, dt_weights()))  # self-consistency steps train them
 
 
+def test_the_self_consistency_loss_is_scaled_by_its_weight(cache):
+    """L_fm + w L_sc (SPEC.md 7 uses w = 1): the same first step, drawn alike, with w = 1 and w = 2.5."""
+    import copy
+
+    fresh = build_tiny_pipeline(seed=6)
+    text = frozen(fresh, cache)
+    first_sc = {}
+    for weight in (1.0, 2.5):
+        cfg = TrainConfig(steps=1, batch_size=4, lr=1e-4, log_every=1,
+                          shortcut=ShortcutConfig(sc_prob=1.0, sc_weight=weight)).validate()
+        history = train_detail(copy.deepcopy(fresh.detail_transformer), cache, text, cfg, lambda _: None).history
+        first_sc[weight] = history[0]["sc"]
+    assert first_sc[1.0] > 0 and first_sc[2.5] == pytest.approx(2.5 * first_sc[1.0], rel=1e-5)
+
+
 def test_shortcut_steps_run_and_the_anchor_model_learns(pipe, cache):
     mixed = TrainConfig(steps=6, batch_size=4, lr=1e-4, log_every=3, ema=0.9, shortcut=ShortcutConfig(sc_prob=0.5)).validate()
     history = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), mixed, lambda _: None).history
@@ -110,12 +125,14 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
     out = tmp_path / "out"
     for _ in range(2):  # the second run replaces the first one's bundle
         result = invoke("detail", "--model", bundle, "--latents", cache_file, "--out", out, "--steps", "3",
-                        "--batch-size", "2", "--device", "cpu", "--report", tmp_path / "r.json", "--sc-prob", "0.5")
+                        "--batch-size", "2", "--device", "cpu", "--report", tmp_path / "r.json", "--sc-prob", "0.5",
+                        "--sc-weight", "3")
         assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert (out / "detail_transformer").is_dir() and report["steps"] == 3
     # the settings are the command's options, nothing else
-    assert report["settings"]["sc_prob"] == 0.5 and "ShortcutConfig" not in report["settings"]
+    assert report["settings"]["sc_prob"] == 0.5 and report["settings"]["sc_weight"] == 3
+    assert "ShortcutConfig" not in report["settings"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
@@ -126,6 +143,7 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--sc-starts", ""], "dt candidate set is empty"),
         (["detail", "--latents", "{cache}", "--lam", "-1"], "lambda must be >= 0"),
         (["detail", "--latents", "{cache}", "--dt-levels", "0"], "dt candidate set is empty"),
+        (["detail", "--latents", "{cache}", "--sc-weight", "-2"], "loss weight must be > 0"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
     ],

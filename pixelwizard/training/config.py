@@ -26,6 +26,7 @@ class ShortcutConfig:
     """Self-consistency (shortcut) training settings, SPEC.md 7."""
 
     sc_prob: float = 0.3  # share of iterations that are self-consistency steps; 0 = flow matching only
+    sc_weight: float = 1.0  # lambda of L_fm + lambda * L_sc (SPEC.md 7: 1.0)
     starts: tuple[float, ...] = (500.0, 600.0, 700.0, 800.0)
     levels: int = 6  # k = 0..levels-1
     lam: float = 0.7
@@ -37,6 +38,7 @@ class ShortcutConfig:
 
     def validate(self) -> "ShortcutConfig":
         _check(0.0 <= self.sc_prob <= 1.0, f"self-consistency probability must lie in [0, 1], got {self.sc_prob}")
+        _check(self.sc_weight > 0, f"self-consistency loss weight must be > 0, got {self.sc_weight}")
         _check(len(self.starts) > 0, "the dt candidate set is empty: no start timesteps given")
         _check(self.levels >= 1, f"the dt candidate set is empty: levels must be at least 1, got {self.levels}")
         for start in self.starts:

@@ -244,7 +244,8 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
     """Flow matching (dt = 0) mixed with self-consistency shortcut steps, SPEC.md 7.
 
     Each iteration is a self-consistency step for the whole batch with probability
-    ``cfg.shortcut.sc_prob`` (0 gives plain flow matching, the warm start and the baseline).
+    ``cfg.shortcut.sc_prob`` (0 gives plain flow matching, the warm start and the baseline), its
+    loss scaled by ``cfg.shortcut.sc_weight`` (the history logs the scaled loss).
     """
     sc = cfg.shortcut
     device = detail.device
@@ -287,7 +288,7 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
             target = teacher_target(velocity, x_t, t, dt)
         pred = velocity(x_t, t, dt)
         weights = calibration_weights(t, dt, sc.calibration_power, sc.calibration_clamp) if sc.calibration else torch.ones_like(t)
-        return weighted_mse(pred, target, weights), "sc"
+        return sc.sc_weight * weighted_mse(pred, target, weights), "sc"
 
     result = run_loop(loss_fn, params, cfg, log)
     detail.eval().requires_grad_(False)
