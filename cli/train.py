@@ -38,6 +38,8 @@ Report = Annotated[Optional[Path], typer.Option(help="Write the loss history and
 Shift = Annotated[float, typer.Option(help="Sigma shift of the training timestep grid.")]
 Dropout = Annotated[float, typer.Option(help="CFG dropout probability (empty prompt and zero anchor).")]
 Checkpointing = Annotated[bool, typer.Option(help="Gradient checkpointing in the transformer blocks.")]
+Compile = Annotated[str, typer.Option(
+    help="torch.compile the transformer: off, default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs.")]
 
 
 def _setup(device: str):
@@ -268,6 +270,7 @@ def train_anchor_command(
         help="Train the bundle's text encoder jointly with the anchor model (the detail model must then be "
              "trained on it too).")] = False,
     gradient_checkpointing: Checkpointing = False,
+    compile: Compile = "off",
     seed: Seed = 0,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
@@ -279,7 +282,7 @@ def train_anchor_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                  max_seconds=max_seconds, object_weight=object_weight)
+                  max_seconds=max_seconds, object_weight=object_weight, compile=compile)
     cache = _cache(latents, target)
     if object_weight > 0 and cache.anchor_masks is None:
         fail(f"--object-weight needs object masks, and {latents} has none (only synthetic data has them)")
@@ -325,6 +328,7 @@ def train_detail_command(
     shift: Shift = 5.0,
     cfg_dropout: Dropout = 0.1,
     gradient_checkpointing: Checkpointing = False,
+    compile: Compile = "off",
     seed: Seed = 0,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
@@ -340,7 +344,7 @@ def train_detail_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing,
-                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut)
+                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut, compile=compile)
     cache = _cache(latents, target)
     pipe = _open(model, target, seed)
     if reinit:

@@ -91,6 +91,25 @@ def test_the_self_consistency_loss_is_scaled_by_its_weight(cache):
     assert first_sc[1.0] > 0 and first_sc[2.5] == pytest.approx(2.5 * first_sc[1.0], rel=1e-5)
 
 
+def test_compiled_training_takes_the_same_steps_as_eager(cache):
+    """``--compile`` (torch.compile of the transformer, for GPU throughput) changes kernels, not the training."""
+    import copy
+
+    fresh = build_tiny_pipeline(seed=7)
+    text = frozen(fresh, cache)
+    cfg = TrainConfig(steps=3, batch_size=4, lr=1e-3, betas=(0.9, 0.999), log_every=1, ema=0.9,
+                      shortcut=ShortcutConfig(sc_prob=0.0)).validate()
+    runs = {}
+    for mode in ("off", "default"):
+        model = copy.deepcopy(fresh.detail_transformer)
+        history = train_detail(model, cache, text, dataclasses.replace(cfg, compile=mode), lambda _: None).history
+        runs[mode] = ([entry["fm"] for entry in history], model.proj_out.weight.detach().clone())
+    torch._dynamo.reset()
+    assert runs["default"][0] == pytest.approx(runs["off"][0], rel=1e-4)
+    assert torch.allclose(runs["default"][1], runs["off"][1], atol=1e-5)
+    assert not torch.equal(runs["off"][1], fresh.detail_transformer.proj_out.weight)  # it did train
+
+
 def test_shortcut_steps_run_and_the_anchor_model_learns(pipe, cache):
     mixed = TrainConfig(steps=6, batch_size=4, lr=1e-4, log_every=3, ema=0.9, shortcut=ShortcutConfig(sc_prob=0.5)).validate()
     history = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), mixed, lambda _: None).history
@@ -144,6 +163,7 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--lam", "-1"], "lambda must be >= 0"),
         (["detail", "--latents", "{cache}", "--dt-levels", "0"], "dt candidate set is empty"),
         (["detail", "--latents", "{cache}", "--sc-weight", "-2"], "loss weight must be > 0"),
+        (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
     ],

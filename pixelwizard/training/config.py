@@ -21,6 +21,10 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# "off", or a torch.compile mode ("reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class ShortcutConfig:
     """Self-consistency (shortcut) training settings, SPEC.md 7."""
@@ -75,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float | None = None  # stop early when this much wall time has passed
     gradient_checkpointing: bool = False
+    compile: str = "off"  # torch.compile mode for the transformer, or "off" (GPU throughput; the first steps compile)
     adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
     object_weight: float = 0.0  # anchor model: extra loss weight on the object's latent cells (0 = off)
     log_every: int = 25
@@ -94,6 +99,7 @@ class TrainConfig:
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
         _check(self.max_seconds is None or self.max_seconds > 0, f"max seconds must be > 0, got {self.max_seconds}")
         _check(self.object_weight >= 0, f"object weight must be >= 0, got {self.object_weight}")
+        _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
         self.shortcut.validate()
         return self
