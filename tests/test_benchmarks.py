@@ -30,3 +30,11 @@ def test_suite_runs_at_tiny_sizes_and_reports(tmp_path):
     assert render["video_checked"] == {"width": 256, "height": 128, "frames": 9}  # the MP4 decoded back
     assert render["seconds"] >= sum(stage["seconds"] for stage in render["stages"].values()) * 0.99
     assert "Uninterrupted renders" in report and "256x128, 9 frames" in report
+
+
+def test_training_step_benchmark_times_both_step_kinds_and_profiles(tmp_path):
+    run("benchmarks.training_step", "--tiny", "--device", "cpu", "--modes", "off", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "training_step_tiny.json").read_text())
+    assert [(r["compile"], r["step"]) for r in result["rows"]] == [("off", "fm"), ("off", "sc")]
+    assert all(r["steps_per_s"] > 0 for r in result["rows"])
+    assert "Name" in result["profile_eager"] and "| off | sc |" in (tmp_path / "training_step_tiny.md").read_text()
