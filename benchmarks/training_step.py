@@ -18,6 +18,7 @@ import torch
 
 from benchmarks.common import environment, log, pick_device, write_json
 from pixelwizard.default_model import build_tiny_pipeline, default_model_path
+from pixelwizard.devices import allow_tf32
 from pixelwizard.training.captions import CaptionEmbeddings
 from pixelwizard.training.config import ShortcutConfig, TrainConfig
 from pixelwizard.training.latents import LatentCache
@@ -37,6 +38,7 @@ def random_cache(pipe, frames: int, width: int, height: int, device: str) -> Lat
     latents = torch.randn(shape, generator=generator).half()
     degraded = torch.randn(grid, generator=generator).half()
     captions = [f"a red circle moving right over a blue background {i}" for i in range(CLIPS)]
+    # The detail trainer never reads the clean anchors; the synthesised ones stand in for them.
     return LatentCache(latents=latents, anchors=degraded, degraded=degraded, captions=captions).to(device)
 
 
@@ -68,8 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()  # as `pixelwizard train` does; it also sets cudnn.benchmark, which this does not
     if args.tiny:
         pipe = build_tiny_pipeline(seed=0, size="small").to(device)
         frames, width, height, warmup, steps, batch = 9, 64, 32, 2, 3, 2

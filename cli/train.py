@@ -45,7 +45,7 @@ Compile = Annotated[str, typer.Option(
 def _setup(device: str):
     """Checked device, quiet libraries, and torch.distributed when launched by torchrun."""
     from cli.progress import quiet_libraries
-    from pixelwizard.devices import DeviceError, resolve_device
+    from pixelwizard.devices import DeviceError, allow_tf32, resolve_device
 
     try:
         target = resolve_device(device)
@@ -55,8 +55,7 @@ def _setup(device: str):
     import torch
 
     if target.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()
         torch.backends.cudnn.benchmark = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist

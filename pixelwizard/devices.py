@@ -1,4 +1,4 @@
-"""Checking a user's device string before any model is loaded."""
+"""Checking a user's device string before any model is loaded, and the GPU math settings training uses."""
 
 from __future__ import annotations
 
@@ -27,3 +27,11 @@ def resolve_device(name: str | None) -> str:
     if device.index is not None and device.index >= count:
         raise DeviceError(f"device {name!r} asked for, but only {count} CUDA GPU(s) are present")
     return str(device)
+
+
+def allow_tf32() -> None:
+    """TF32 matrix products and convolutions for float32 work on a GPU (training runs bf16 autocast around it)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
