@@ -129,6 +129,14 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers; anything else is a one-line exit-2 error naming ``what``."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        fail(f"bad {what} {text!r}; use comma-separated numbers, e.g. 1,0.5")
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
@@ -156,6 +164,8 @@ def train_vae_command(
     width: Annotated[int, typer.Option(help="Clip width before cropping.")] = 448,
     height: Annotated[int, typer.Option(help="Clip height before cropping.")] = 256,
     crop: Annotated[str, typer.Option(help="Random crop HEIGHTxWIDTH.")] = "128x256",
+    scales: Annotated[str, typer.Option(
+        help="Comma-separated resize factors in (0, 1], one drawn per step (e.g. 1,0.5: detail and anchor size).")] = "1",
     kl_weight: Annotated[float, typer.Option(help="KL weight.")] = 1e-4,
     edge_weight: Annotated[float, typer.Option(help="Weight of the image-gradient L1.")] = 0.5,
     stats_clips: Annotated[int, typer.Option(help="Clips used to measure the latent mean/std.")] = 32,
@@ -179,7 +189,8 @@ def train_vae_command(
                   lr_decay=lr_decay, seed=seed,
                   max_seconds=max_seconds)
     try:
-        loss_cfg = VaeLossConfig(kl_weight=kl_weight, edge_weight=edge_weight, crop=_parse_size(crop)).validate()
+        loss_cfg = VaeLossConfig(kl_weight=kl_weight, edge_weight=edge_weight, crop=_parse_size(crop),
+                                 scales=_parse_floats(scales, "VAE scales")).validate()
     except ConfigError as exc:
         fail(str(exc))
     if stats_clips < 1:
@@ -268,6 +279,11 @@ def train_anchor_command(
     train_text_encoder: Annotated[bool, typer.Option(
         help="Train the bundle's text encoder jointly with the anchor model (the detail model must then be "
              "trained on it too).")] = False,
+    reinit: Annotated[bool, typer.Option(help="Start the anchor model from fresh weights (seed), keep the rest.")] = False,
+    layers: Annotated[Optional[int], typer.Option(help="With --reinit: transformer blocks of the new anchor model.")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="With --reinit: attention heads.")] = None,
+    head_dim: Annotated[Optional[int], typer.Option(help="With --reinit: width of a head (even).")] = None,
+    ffn_dim: Annotated[Optional[int], typer.Option(help="With --reinit: feed-forward width.")] = None,
     gradient_checkpointing: Checkpointing = False,
     compile: Compile = "off",
     seed: Seed = 0,
@@ -277,6 +293,13 @@ def train_anchor_command(
 ) -> None:
     """Train the anchor (base) model with plain flow matching on anchor-size latents."""
     settings = dict(locals())
+    from pixelwizard.training.checkpoints import SIZE_KEYS, fresh_copy, size_problem
+
+    sizes = {k: v for k, v in dict(layers=layers, heads=heads, head_dim=head_dim, ffn_dim=ffn_dim).items() if v is not None}
+    if sizes and not reinit:
+        fail("--layers, --heads, --head-dim and --ffn-dim set a new size, which starts from fresh weights: add --reinit")
+    if (problem := size_problem(sizes)) is not None:
+        fail(problem)
     target = _setup(device)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
@@ -286,6 +309,8 @@ def train_anchor_command(
     if object_weight > 0 and cache.anchor_masks is None:
         fail(f"--object-weight needs object masks, and {latents} has none (only synthetic data has them)")
     pipe = _open(model, target, seed)
+    if reinit:
+        pipe.register_modules(transformer=fresh_copy(pipe.transformer, seed, **{SIZE_KEYS[k]: v for k, v in sizes.items()}))
 
     from pixelwizard.training.captions import CaptionEmbeddings
     from pixelwizard.training.trainer import train_anchor
@@ -295,11 +320,6 @@ def train_anchor_command(
     _finish(pipe, out, result, report, settings)
 
 
-def _starts(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        fail(f"bad start timesteps {text!r}; use comma-separated numbers, e.g. 500,600,700,800")
 
 
 @train_app.command("detail")
@@ -338,7 +358,7 @@ def train_detail_command(
     from pixelwizard.training.config import ShortcutConfig
 
     target = _setup(device)
-    shortcut = ShortcutConfig(sc_prob=sc_prob, sc_weight=sc_weight, starts=_starts(sc_starts), levels=dt_levels, lam=lam,
+    shortcut = ShortcutConfig(sc_prob=sc_prob, sc_weight=sc_weight, starts=_parse_floats(sc_starts, "start timesteps"), levels=dt_levels, lam=lam,
                               k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,

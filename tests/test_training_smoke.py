@@ -126,6 +126,22 @@ def test_vae_training_loss_goes_down(pipe):
     assert last < first
 
 
+def test_vae_training_steps_see_each_of_its_scales(pipe, monkeypatch):
+    """--scales 1,0.5: some steps encode the clip as it is, the others area-resized to half (the anchor size)."""
+    source = SyntheticClips(seed=0, size=4, frames=5, width=128, height=64)
+    seen = []
+    encode = pipe.vae.encode
+
+    def recording(video, *args, **kwargs):
+        seen.append(tuple(video.shape[-2:]))
+        return encode(video, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "encode", recording)
+    cfg = TrainConfig(steps=12, batch_size=1, lr=1e-4, betas=(0.9, 0.999), log_every=4).validate()
+    train_vae(pipe.vae, source, cfg, VaeLossConfig(crop=(64, 128), scales=(1.0, 0.5)), lambda _: None)
+    assert set(seen) == {(64, 128), (32, 64)}
+
+
 @pytest.fixture(scope="module")
 def bundle_and_cache(tmp_path_factory, pipe, cache):
     root = tmp_path_factory.mktemp("train")
@@ -164,6 +180,8 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--dt-levels", "0"], "dt candidate set is empty"),
         (["detail", "--latents", "{cache}", "--sc-weight", "-2"], "loss weight must be > 0"),
         (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
+        (["vae", "--scales", "1,0"], "scale 0.0 must lie in (0, 1]"),
+        (["vae", "--scales", "1,half"], "bad VAE scales"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
     ],

@@ -107,14 +107,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class VaeLossConfig:
-    """VAE training loss and crop: L1 + edge_weight * L1 of image gradients + kl_weight * KL."""
+    """VAE training loss, scales and crop: L1 + edge_weight * L1 of image gradients + kl_weight * KL.
+
+    ``scales``: each step area-resizes its clips by one of these factors before the crop, so that a
+    VAE trained on detail-size clips also encodes the anchor-size ones (0.5 in the tiny preset).
+    """
 
     kl_weight: float = 1e-4
     edge_weight: float = 0.5
     crop: tuple[int, int] = (128, 256)  # (height, width) random crop of each training clip
+    scales: tuple[float, ...] = (1.0,)
 
     def validate(self) -> "VaeLossConfig":
         _check(self.kl_weight >= 0, f"KL weight must be >= 0, got {self.kl_weight}")
         _check(self.edge_weight >= 0, f"edge weight must be >= 0, got {self.edge_weight}")
         _check(all(c > 0 and c % 16 == 0 for c in self.crop), f"crop {self.crop} must be positive multiples of 16")
+        _check(len(self.scales) > 0, "the VAE scale list is empty")
+        for scale in self.scales:
+            _check(0 < scale <= 1, f"VAE training scale {scale} must lie in (0, 1]")
         return self

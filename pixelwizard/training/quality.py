@@ -144,13 +144,16 @@ def detail_table(
     return {key: _mean(rows) for key, rows in results.items()}, sheet
 
 
-def adherence_table(pipe, preset: Preset, prompts: int, guidances: list[float], log) -> tuple[dict, list]:
+def adherence_table(
+    pipe, preset: Preset, prompts: int, guidances: list[float], log, seed: int = EVAL_SEED + 1,
+) -> tuple[dict, list]:
     """Share of held-out prompts whose two-stage render shows the prompted colour, shape and motion.
 
     One row per detail-stage CFG scale in ``guidances``, plus the ground-truth clips (a check of
     the analysis itself). Returns the rows and a few (caption, frames) examples of the first scale.
+    ``seed`` is the prompts' dataset seed (another one than the table's to tune settings on unseen prompts).
     """
-    source = SyntheticClips(EVAL_SEED + 1, prompts, preset.num_frames, preset.detail_width, preset.detail_height, "heldout")
+    source = SyntheticClips(seed, prompts, preset.num_frames, preset.detail_width, preset.detail_height, "heldout")
     names = [f"pipeline, detail CFG {g:g}" for g in guidances] + ["ground truth clips"]
     hits = {name: {"colour": 0, "shape": 0, "motion": 0, "all three": 0} for name in names}
     examples = []

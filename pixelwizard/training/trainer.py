@@ -20,7 +20,7 @@ import torch.distributed as dist
 from pixelwizard.training.captions import CaptionEmbeddings
 from pixelwizard.training.config import TrainConfig, VaeLossConfig
 from pixelwizard.training.datasets import ClipSource
-from pixelwizard.training.latents import LatentCache
+from pixelwizard.training.latents import LatentCache, area_resize
 from pixelwizard.training.objectives import (
     bell_weight,
     calibration_weights,
@@ -164,15 +164,27 @@ def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sum((torch.diff(a, dim=d) - torch.diff(b, dim=d)).abs().mean() for d in (-1, -2))
 
 
+def _rescaled(video: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, 3, T, H, W) clips area-resized by ``scale``, each side kept a multiple of 16 (what the VAE takes)."""
+    if scale == 1.0:
+        return video
+    height, width = (max(16, round(side * scale / 16) * 16) for side in video.shape[-2:])
+    return area_resize(video, (width, height))
+
+
 def train_vae(vae, source: ClipSource, cfg: TrainConfig, loss_cfg: VaeLossConfig, log: Log) -> TrainResult:
-    """Reconstruction training of the VAE on random crops: L1 + edge L1 + a small KL, sampled posterior."""
+    """Reconstruction training of the VAE on random crops: L1 + edge L1 + a small KL, sampled posterior.
+
+    Each step draws one of ``loss_cfg.scales`` and area-resizes its clips by it before the crop.
+    """
     device = vae.device
     generator = torch.Generator().manual_seed(cfg.seed + rank())
     vae.train().requires_grad_(True)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, str]:
         indices = torch.randint(len(source), (cfg.batch_size,), generator=generator).tolist()
-        video = _random_crop(source.clips(indices, device), loss_cfg.crop, generator)
+        scale = loss_cfg.scales[int(torch.randint(len(loss_cfg.scales), (1,), generator=generator))]
+        video = _random_crop(_rescaled(source.clips(indices, device), scale), loss_cfg.crop, generator)
         with autocast(device):
             posterior = vae.encode(video).latent_dist
             z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)
