@@ -72,18 +72,15 @@ class Scale:
     device: str
 
 
-# The VAE trains on detail-size and anchor-size clips (the tiny preset's anchor is half the detail size):
-# it encodes both (docs/training.md, run 17).
 FULL = Scale(
-    vae=["--frames", "9", "--crop", "96x160", "--batch-size", "12", "--scales", "1,0.5"],
+    vae=["--frames", "9", "--crop", "96x160", "--batch-size", "12"],
     encode=["--clips", "8192", "--batch-size", "32"],  # about 1.3 MB a clip at 4x8x8: 11 GB in all
     anchor_batch=64,
     detail_batch=32,
     device="cuda",
 )
 TOY = Scale(
-    vae=["--frames", "5", "--width", "128", "--height", "64", "--crop", "64x128", "--batch-size", "2", "--stats-clips", "4",
-         "--scales", "1,0.5"],
+    vae=["--frames", "5", "--width", "128", "--height", "64", "--crop", "64x128", "--batch-size", "2", "--stats-clips", "4"],
     encode=["--clips", "24", "--batch-size", "8", "--frames", "5", "--width", "128", "--height", "64",
             "--anchor-width", "64", "--anchor-height", "32"],
     anchor_batch=4,
