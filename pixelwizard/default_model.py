@@ -31,20 +31,26 @@ TINY_VOCABULARY = tuple(
 TINY_TEXT_LENGTH = 32
 
 
-# Dimensions per size: transformer (both models), VAE base width and latent channels, injector width.
-# "trained" keeps Wan2.2's 48 latent channels but compresses 4x8x8, not 4x16x16 (SPEC.md 2): a VAE
-# this small, trained for minutes, cannot keep fine texture through 16x16 (docs/training.md).
+# Dimensions per size: transformer (the detail model's, and the anchor model's unless "anchor" gives its
+# own), VAE base width and latent channels, injector width. "trained" keeps Wan2.2's 48 latent channels but
+# compresses 4x8x8, not 4x16x16 (SPEC.md 2): a VAE this small, trained for minutes, cannot keep fine texture
+# through 16x16; its anchor model is wider and deeper than its detail model (run 17, docs/training.md).
 TINY_SIZES: dict[str, dict] = {
     "small": dict(heads=2, head_dim=24, ffn_dim=96, layers=2, vae_base_dim=16, z_dim=16, vae_spatial=16,
                   injector_channels=32),
     "trained": dict(heads=4, head_dim=48, ffn_dim=768, layers=4, vae_base_dim=32, z_dim=48, vae_spatial=8,
-                    injector_channels=64),
+                    injector_channels=64, anchor=dict(heads=4, head_dim=64, ffn_dim=1024, layers=6)),
 }
 
 
-def tiny_transformer_config(z_dim: int, text_dim: int, size: str = "small") -> dict:
-    """Wan2.2 TI2V transformer hyper-parameters shrunk for a CPU (SPEC.md 2 has the real ones)."""
+def tiny_transformer_config(z_dim: int, text_dim: int, size: str = "small", anchor: bool = False) -> dict:
+    """Wan2.2 TI2V transformer hyper-parameters shrunk for a CPU (SPEC.md 2 has the real ones).
+
+    ``anchor``: the anchor model's dimensions where the size gives them separately.
+    """
     dims = TINY_SIZES[size]
+    if anchor:
+        dims = dims | dims.get("anchor", {})
     return dict(
         patch_size=(1, 2, 2),
         num_attention_heads=dims["heads"],
@@ -115,7 +121,7 @@ def build_tiny_pipeline(seed: int = DEFAULT_SEED, vocabulary: tuple[str, ...] = 
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLWan(**tiny_vae_config(z_dim, size)).eval()
     torch.manual_seed(seed + 2)
-    transformer = WanTransformer3DModel(**tiny_transformer_config(z_dim, text_config.d_model, size)).eval()
+    transformer = WanTransformer3DModel(**tiny_transformer_config(z_dim, text_config.d_model, size, anchor=True)).eval()
     torch.manual_seed(seed + 3)
     detail = PixelWizardTransformer3DModel(
         **tiny_transformer_config(z_dim, text_config.d_model, size),

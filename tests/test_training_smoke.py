@@ -181,6 +181,8 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--sc-weight", "-2"], "loss weight must be > 0"),
         (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
         (["vae", "--scales", "1,0"], "scale 0.0 must lie in (0, 1]"),
+        (["anchor", "--latents", "{cache}", "--layers", "6"], "add --reinit"),
+        (["anchor", "--latents", "{cache}", "--reinit", "--head-dim", "7"], "head dim must be an even number"),
         (["vae", "--scales", "1,half"], "bad VAE scales"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
@@ -211,6 +213,13 @@ def test_the_default_model_is_the_shipped_trained_bundle():
     assert size <= 30 * 2**20
     index = json.loads((path / "model_index.json").read_text())
     assert index["detail_transformer"][1] == "PixelWizardTransformer3DModel"
+    # build_tiny_pipeline(size="trained") builds both transformers in the shapes the bundle ships
+    fresh = build_tiny_pipeline(size="trained")
+    for name in ("transformer", "detail_transformer"):
+        shipped = json.loads((path / name / "config.json").read_text())
+        built = getattr(fresh, name).config
+        for key in ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim", "in_channels", "text_dim"):
+            assert shipped[key] == built[key], (name, key)
 
 
 def test_reinit_starts_the_detail_model_from_fresh_weights_and_keeps_the_rest(bundle_and_cache, tmp_path):
@@ -232,6 +241,24 @@ def test_reinit_starts_the_detail_model_from_fresh_weights_and_keeps_the_rest(bu
     assert torch.allclose(fresh[name], again[name])  # ... drawn from the seed
     for component in ("vae", "transformer"):  # the rest of the bundle is carried over untouched
         for (key, a), b in zip(getattr(outs[0], component).state_dict().items(), getattr(start, component).state_dict().values()):
+            assert torch.equal(a, b), f"{component}.{key}"
+
+
+def test_reinit_with_a_size_builds_a_new_anchor_model_and_keeps_the_rest(bundle_and_cache, tmp_path):
+    from pixelwizard.bundle import load_bundle
+
+    bundle, cache_file = bundle_and_cache
+    out = tmp_path / "wider"
+    result = invoke("anchor", "--model", bundle, "--latents", cache_file, "--out", out, "--steps", "2",
+                    "--batch-size", "2", "--device", "cpu", "--reinit", "--layers", "3", "--heads", "2",
+                    "--head-dim", "16", "--ffn-dim", "40", "--seed", "5")
+    assert result.exit_code == 0, result.output
+    trained, start = load_bundle(out, device="cpu"), load_bundle(bundle, device="cpu")
+    config = trained.transformer.config
+    assert (config.num_layers, config.num_attention_heads, config.attention_head_dim, config.ffn_dim) == (3, 2, 16, 40)
+    assert config.in_channels == start.transformer.config.in_channels and len(trained.transformer.blocks) == 3
+    for component in ("vae", "detail_transformer", "text_encoder"):  # the rest of the bundle is carried over untouched
+        for (key, a), b in zip(getattr(trained, component).state_dict().items(), getattr(start, component).state_dict().values()):
             assert torch.equal(a, b), f"{component}.{key}"
 
 

@@ -9,7 +9,9 @@
     python -m pixelwizard.training.quality --variants DIR --out docs/quality.md
 
 ``--detail-only`` makes table 1 alone (``--data synthetic-random-cells``: on the world with random
-background cells, for detail models trained on it).
+background cells, for detail models trained on it). ``--detail-from docs/quality.json`` copies table 1
+from an earlier run instead of measuring it again, for a change that leaves its inputs (VAE, text
+encoder, detail models) as they were, such as a new anchor model.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -204,6 +207,25 @@ def render_samples(pipe, prompts_file: Path, preset: Preset, sheet_dir: Path) ->
     return seconds, made
 
 
+def copied_detail_table(path: Path) -> tuple[dict, str, str | None]:
+    """Table 1's rows, its settings note and the command that measured it, from an earlier run's JSON (``--detail-from``).
+
+    Raises ValueError (one line) when the file is missing or holds no table 1.
+    """
+    try:
+        raw = json.loads(path.read_text())
+        rows = {(r["model"], r["steps"]): {k: r[k] for k in ("PSNR", "SSIM", "HD-MSE", "flicker")} for r in raw["detail"]}
+        note = raw["settings"]["note"]
+        command = raw.get("command")
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a quality table's JSON ({type(exc).__name__}: {exc})") from None
+    if not rows:
+        raise ValueError(f"{path}: its detail table is empty")
+    return rows, note, command
+
+
 def write_report(
     out: Path, command: str, detail: dict, sheets: dict[str, list[str]], settings: dict,
     adherence: dict | None = None, samples=None,
@@ -221,6 +243,7 @@ def write_report(
         "",
         "## 1. Detail stage from ground-truth anchors",
         "",
+        *([settings["detail_source"], ""] if "detail_source" in settings else []),
         "Anchors are synthesised from the ground-truth clip exactly as in training (SPEC.md 7, with the",
         "downsample factor named above), then the detail model renders from pure noise. PSNR/SSIM against the",
         "ground-truth clip (higher is better); HD-MSE (SPEC.md 8) is the amount of fine detail, to be",
@@ -269,7 +292,10 @@ def write_report(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped tiny bundle)")
-    parser.add_argument("--variants", type=Path, required=True, help="folder of the other detail models")
+    parser.add_argument("--variants", type=Path, default=None, help="folder of the other detail models (table 1)")
+    parser.add_argument("--detail-from", type=Path, default=None,
+                        help="copy table 1 from this earlier run's JSON instead of measuring it (its VAE, text encoder "
+                             "and detail models must be the bundle's)")
     parser.add_argument("--out", type=Path, default=Path("docs/quality.md"))
     parser.add_argument("--clips", type=int, default=12, help="held-out clips for the detail table")
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts for the text-to-video table")
@@ -286,7 +312,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detail-only", action="store_true",
                         help="table 1 only (no text-to-video, no samples); its sheet is samples/<out name>-detail-comparison.png")
     args = parser.parse_args(argv)
-    if not args.variants.is_dir():
+    copied = None
+    if args.detail_from is not None:
+        if args.detail_only:
+            parser.exit(2, "error: --detail-from copies table 1, and --detail-only makes nothing else\n")
+        try:
+            copied = copied_detail_table(args.detail_from)
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
+    elif args.variants is None:
+        parser.exit(2, "error: --variants is needed to measure table 1 (or copy it with --detail-from)\n")
+    elif not args.variants.is_dir():
         parser.exit(2, f"error: variants folder {args.variants} does not exist\n")
 
     from pixelwizard.bundle import load_bundle
@@ -310,12 +346,23 @@ def main(argv: list[str] | None = None) -> None:
     }
     sheet_dir = args.out.parent / "samples"
     samples = None if args.detail_only else render_samples(pipe, args.samples, preset, sheet_dir)
-    detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
-                                 args.release_factor)
     sheet_name = f"{args.out.stem}-detail-comparison.png" if args.detail_only else "detail-comparison.png"
-    sheet_dir.mkdir(parents=True, exist_ok=True)
-    contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / sheet_name)
-    sheets = {"detail rows": [", ".join(sheet[0])], "detail sheet": [sheet_name]}
+    command = "python -m pixelwizard.training.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    table_command = command  # what measured table 1 (kept in the JSON for a later --detail-from)
+    if copied is not None:  # table 1 and its contact sheet stay as the earlier run made them
+        detail, note, table_command = copied
+        settings["note"] = re.sub(r"text-to-video: \d+ prompts", f"text-to-video: {args.prompts} prompts", note)
+        settings["detail_source"] = (f"Copied from `{args.detail_from}` (`--detail-from`), an earlier run of this script on the "
+                                     "same VAE, text encoder and detail models; table 1 does not use the anchor model."
+                                     + (f" It was measured with `{table_command}`." if table_command else ""))
+        sheets = {"detail rows": [", ".join(["truth", f"{VARIANTS[0].label}, 4 steps", f"{VARIANTS[1].label}, 4 steps"])],
+                  "detail sheet": [sheet_name]}
+    else:
+        detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
+                                     args.release_factor)
+        sheet_dir.mkdir(parents=True, exist_ok=True)
+        contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / sheet_name)
+        sheets = {"detail rows": [", ".join(sheet[0])], "detail sheet": [sheet_name]}
     adherence = None
     if not args.detail_only:
         guidances = [preset.detail_guidance] + [
@@ -324,9 +371,8 @@ def main(argv: list[str] | None = None) -> None:
         adherence, examples = adherence_table(pipe, preset, args.prompts, guidances, log)
         contact_sheet([frames for _, frames in examples]).save(sheet_dir / "heldout-text-to-video.png")
         sheets["held-out captions"] = [caption for caption, _ in examples]
-    command = "python -m pixelwizard.training.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(args.out, command, detail, sheets, settings, adherence, samples)
-    raw = {"detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],
+    raw = {"command": table_command, "detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],
            "adherence": adherence, "samples_seconds": samples[0] if samples else None, "settings": settings}
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {args.out}")
