@@ -320,8 +320,6 @@ def train_anchor_command(
     _finish(pipe, out, result, report, settings)
 
 
-
-
 @train_app.command("detail")
 def train_detail_command(
     model: Model,

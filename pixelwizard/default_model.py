@@ -48,9 +48,7 @@ def tiny_transformer_config(z_dim: int, text_dim: int, size: str = "small", anch
 
     ``anchor``: the anchor model's dimensions where the size gives them separately.
     """
-    dims = TINY_SIZES[size]
-    if anchor:
-        dims = dims | dims.get("anchor", {})
+    dims = TINY_SIZES[size] | (TINY_SIZES[size].get("anchor", {}) if anchor else {})
     return dict(
         patch_size=(1, 2, 2),
         num_attention_heads=dims["heads"],

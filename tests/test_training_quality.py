@@ -38,14 +38,24 @@ def test_a_missing_variants_folder_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "q.md").exists()
 
 
-def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path):
-    """--detail-from: table 1 comes from the earlier JSON as it was; tables 2 and 3 are measured on the bundle."""
-    earlier = tmp_path / "earlier.json"
+def earlier_run(tmp_path):
+    """An earlier run's JSON (table 1 only, as a --detail-from source) and its contact sheet beside docs/."""
     rows = [{"model": "ground truth", "steps": "-", "PSNR": float("inf"), "SSIM": 1.0, "HD-MSE": 0.0307, "flicker": 0.0091},
             {"model": "shortcut (shipped)", "steps": 4, "PSNR": 23.85, "SSIM": 0.8345, "HD-MSE": 0.0258, "flicker": 0.00919}]
-    note = "Preset `tiny` (...). Detail table: 10 clips, anchors with SPEC.md's downsample factor [8, 16]; text-to-video: 40 prompts."
-    measured_by = "python -m pixelwizard.training.quality --variants v --out docs/quality.md --clips 10"
-    earlier.write_text(json.dumps({"command": measured_by, "detail": rows, "settings": {"note": note}}))
+    record = {"detail_command": "python -m pixelwizard.training.quality --variants v --out docs/quality.md --clips 10",
+              "detail_settings": "Detail table: 10 clips, anchors with SPEC.md's downsample factor [8, 16].",
+              "sheets": {"detail sheet": ["detail-comparison.png"], "detail rows": ["truth, shortcut (shipped), 4 steps"]},
+              "detail": rows}
+    (tmp_path / "docs" / "samples").mkdir(parents=True)
+    (tmp_path / "docs" / "samples" / "detail-comparison.png").write_bytes(b"earlier sheet")
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(record))
+    return path, record
+
+
+def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path):
+    """--detail-from: table 1, how it was measured and its sheet come from the earlier run; tables 2 and 3 are measured."""
+    earlier, record = earlier_run(tmp_path)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moves right over a plain blue background\n")
     out = tmp_path / "docs" / "quality.md"
@@ -53,30 +63,63 @@ def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path)
           "--compare-guidance", "1"])
     report = out.read_text()
     raw = json.loads(out.with_suffix(".json").read_text())
-    assert raw["detail"] == rows and raw["command"] == measured_by  # copied as they were, with what measured them
-    assert f"It was measured with `{measured_by}`." in report
+    assert raw["detail"] == record["detail"]  # copied as they were, with how they were measured
+    for key in ("detail_command", "detail_settings", "sheets"):
+        assert raw[key] == record[key], key
     assert "| shortcut (shipped) | 4 | 23.85 | 0.8345 | 0.0258 |" in report and f"Copied from `{earlier}`" in report
-    assert "10 clips" in report and "text-to-video: 1 prompts" in report
+    assert f"Its settings: {record['detail_settings']} It was measured with `{record['detail_command']}`." in report
+    assert "Detail table: copied from an earlier run" in report and "text-to-video: 1 prompts" in report
+    assert "rows are: truth, shortcut (shipped), 4 steps" in report
+    assert (out.parent / "samples" / "detail-comparison.png").read_bytes() == b"earlier sheet"  # not redrawn
     assert set(raw["adherence"]) == {"pipeline, detail CFG 1", "ground truth clips"}
     assert raw["adherence"]["ground truth clips"]["all three"] == 1.0  # the analysis reads the real clip right
     assert (out.parent / "samples" / "heldout-text-to-video.png").stat().st_size > 0
+
+
+def test_the_text_to_video_prompts_come_from_the_given_seed():
+    from pixelwizard.bundle import load_bundle
+    from pixelwizard.default_model import default_model_path
+    from pixelwizard.presets import get_preset
+    from pixelwizard.training.datasets import SyntheticClips
+    from pixelwizard.training.quality import EVAL_SEED, adherence_table
+
+    pipe = load_bundle(default_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    captions = {}
+    for seed in (EVAL_SEED + 1, 7000):
+        _, examples = adherence_table(pipe, get_preset("tiny"), 1, [1.0], lambda _: None, seed=seed)
+        captions[seed] = examples[0][0]
+        assert captions[seed] == SyntheticClips(seed, 1, 17, 448, 256, "heldout").caption(0)
+    assert captions[EVAL_SEED + 1] != captions[7000]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--detail-from", "{missing}"], "error: {missing} does not exist"),
-        (["--detail-from", "{bad}"], "error: {bad}: not a quality table's JSON"),
-        (["--detail-from", "{bad}", "--detail-only"], "error: --detail-from copies table 1, and --detail-only makes nothing else"),
+        (["--detail-from", "{folder}"], "error: {folder}: cannot be read (Is a directory)"),
+        (["--detail-from", "{bad}"], "error: {bad}: not a quality table's JSON (KeyError: 'PSNR')"),
+        (["--detail-from", "{text_metric}"], "error: {text_metric}: not a quality table's JSON (TypeError: the metrics"),
+        (["--detail-from", "{no_sheet}"], "error: {no_sheet}: its contact sheet"),
+        (["--detail-from", "{good}", "--detail-only"], "error: --detail-from copies table 1, and --detail-only makes nothing else"),
+        (["--detail-from", "{good}", "--variants", "{folder}"], "error: --variants names the models table 1 measures"),
         ([], "error: --variants is needed to measure table 1 (or copy it with --detail-from)"),
     ],
 )
 def test_bad_table_sources_are_one_line_errors(tmp_path, args, message):
+    good, record = earlier_run(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text('{"detail": [{"model": "x"}]}')
-    fill = dict(missing=tmp_path / "missing.json", bad=bad)
+    text_metric = tmp_path / "text.json"
+    text_metric.write_text(json.dumps({**record, "detail": [{**record["detail"][1], "PSNR": "high"}]}))
+    no_sheet = tmp_path / "no-sheet.json"
+    no_sheet.write_text(json.dumps({**record, "sheets": {"detail sheet": ["gone.png"], "detail rows": ["x"]}}))
+    fill = dict(missing=tmp_path / "missing.json", folder=tmp_path, bad=bad, text_metric=text_metric, no_sheet=no_sheet,
+                good=good)
     args = [a.format(**fill) for a in args]
-    result = subprocess.run([sys.executable, "-m", "pixelwizard.training.quality", *args, "--out", str(tmp_path / "q.md")],
+    out = tmp_path / "docs" / "q.md"
+    result = subprocess.run([sys.executable, "-m", "pixelwizard.training.quality", *args, "--out", str(out)],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().startswith(message.format(**fill)), result.stderr
-    assert not (tmp_path / "q.md").exists()
+    error = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in error and error.startswith(message.format(**fill)), result.stderr
+    assert not out.exists() and not (tmp_path / "docs" / "samples" / "heldout-text-to-video.png").exists()

@@ -183,6 +183,7 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["vae", "--scales", "1,0"], "scale 0.0 must lie in (0, 1]"),
         (["anchor", "--latents", "{cache}", "--layers", "6"], "add --reinit"),
         (["anchor", "--latents", "{cache}", "--reinit", "--head-dim", "7"], "head dim must be an even number"),
+        (["anchor", "--latents", "{cache}", "--reinit", "--layers", "0"], "layers must be at least 1"),
         (["vae", "--scales", "1,half"], "bad VAE scales"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),

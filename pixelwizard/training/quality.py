@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -94,6 +93,9 @@ def ground_truth_anchor(pipe, video: torch.Tensor, preset: Preset, seed: int, re
     patch = pipe.detail_transformer.config.patch_size
     height, width = pipe.latent_shape(preset.detail_width, preset.detail_height, preset.num_frames)[-2:]
     return resize_latent(latent, (height // patch[1], width // patch[2])), small
+
+
+METRICS = ("PSNR", "SSIM", "HD-MSE", "flicker")
 
 
 def fidelity(frames: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -207,23 +209,39 @@ def render_samples(pipe, prompts_file: Path, preset: Preset, sheet_dir: Path) ->
     return seconds, made
 
 
-def copied_detail_table(path: Path) -> tuple[dict, str, str | None]:
-    """Table 1's rows, its settings note and the command that measured it, from an earlier run's JSON (``--detail-from``).
+@dataclass(frozen=True)
+class EarlierTable:
+    """Table 1 as an earlier run of this script measured it (``--detail-from``)."""
 
-    Raises ValueError (one line) when the file is missing or holds no table 1.
-    """
+    rows: dict[tuple[str, int | str], dict[str, float]]
+    settings: str  # how it was measured (that run's settings note)
+    command: str | None  # the command that measured it
+    sheets: dict[str, list[str]]  # its contact sheet under samples/ and what the sheet's rows show
+
+
+def earlier_detail_table(path: Path) -> EarlierTable:
+    """Table 1 of an earlier run's JSON; raises ValueError (one line) when the file cannot be one."""
     try:
-        raw = json.loads(path.read_text())
-        rows = {(r["model"], r["steps"]): {k: r[k] for k in ("PSNR", "SSIM", "HD-MSE", "flicker")} for r in raw["detail"]}
-        note = raw["settings"]["note"]
-        command = raw.get("command")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        rows = {}
+        for row in raw["detail"]:
+            metrics = {k: row[k] for k in METRICS}
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+                raise TypeError(f"the metrics of row {row['model']!r} are not all numbers")
+            rows[(row["model"], row["steps"])] = metrics
+        table = EarlierTable(rows, raw["detail_settings"], raw["detail_command"],
+                             {key: [str(raw["sheets"][key][0])] for key in ("detail sheet", "detail rows")})
+        if not isinstance(table.settings, str):
+            raise TypeError("detail_settings is not a string")
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"{path}: not a quality table's JSON ({type(exc).__name__}: {exc})") from None
     if not rows:
         raise ValueError(f"{path}: its detail table is empty")
-    return rows, note, command
+    return table
 
 
 def write_report(
@@ -294,8 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped tiny bundle)")
     parser.add_argument("--variants", type=Path, default=None, help="folder of the other detail models (table 1)")
     parser.add_argument("--detail-from", type=Path, default=None,
-                        help="copy table 1 from this earlier run's JSON instead of measuring it (its VAE, text encoder "
-                             "and detail models must be the bundle's)")
+                        help="copy table 1 and its contact sheet from this earlier run's JSON instead of measuring it "
+                             "(its VAE, text encoder and detail models must be the bundle's; the options that shape "
+                             "table 1 then do not apply)")
     parser.add_argument("--out", type=Path, default=Path("docs/quality.md"))
     parser.add_argument("--clips", type=int, default=12, help="held-out clips for the detail table")
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts for the text-to-video table")
@@ -313,13 +332,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="table 1 only (no text-to-video, no samples); its sheet is samples/<out name>-detail-comparison.png")
     args = parser.parse_args(argv)
     copied = None
+    sheet_dir = args.out.parent / "samples"
     if args.detail_from is not None:
         if args.detail_only:
             parser.exit(2, "error: --detail-from copies table 1, and --detail-only makes nothing else\n")
+        if args.variants is not None:
+            parser.exit(2, "error: --variants names the models table 1 measures, and --detail-from copies table 1\n")
         try:
-            copied = copied_detail_table(args.detail_from)
+            copied = earlier_detail_table(args.detail_from)
         except ValueError as exc:
             parser.exit(2, f"error: {exc}\n")
+        if not (sheet_dir / copied.sheets["detail sheet"][0]).is_file():
+            parser.exit(2, f"error: {args.detail_from}: its contact sheet {sheet_dir / copied.sheets['detail sheet'][0]} "
+                           "does not exist\n")
     elif args.variants is None:
         parser.exit(2, "error: --variants is needed to measure table 1 (or copy it with --detail-from)\n")
     elif not args.variants.is_dir():
@@ -335,28 +360,28 @@ def main(argv: list[str] | None = None) -> None:
     preset = shipped.with_overrides(detail_guidance=args.detail_guidance)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     steps = [int(s) for s in args.steps.split(",")]
+    table_settings = (
+        f"{args.clips} clips" + (" of the world with random background cells" if SYNTHETIC_WORLDS[args.data] else "")
+        + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor
+           else ", anchors with SPEC.md's downsample factor scaled to the preset")
+    ) if copied is None else "copied from an earlier run (section 1 says which)"
     settings = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads",
         "note": f"Preset `tiny` (17 frames, anchor 224x128, detail 448x256, detail shift {preset.detail_shift}) with "
-        f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {args.clips} clips"
-        + (" of the world with random background cells" if SYNTHETIC_WORLDS[args.data] else "")
-        + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor
-           else ", anchors with SPEC.md's downsample factor scaled to the preset")
+        f"detail-stage CFG {preset.detail_guidance:g}; solver {args.solver}. Detail table: {table_settings}"
         + ("." if args.detail_only else f"; text-to-video: {args.prompts} prompts."),
     }
-    sheet_dir = args.out.parent / "samples"
     samples = None if args.detail_only else render_samples(pipe, args.samples, preset, sheet_dir)
     sheet_name = f"{args.out.stem}-detail-comparison.png" if args.detail_only else "detail-comparison.png"
     command = "python -m pixelwizard.training.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    table_command = command  # what measured table 1 (kept in the JSON for a later --detail-from)
+    # How table 1 was measured, kept in the JSON so that a later --detail-from can say it.
+    table_command, table_note = command, settings["note"]
     if copied is not None:  # table 1 and its contact sheet stay as the earlier run made them
-        detail, note, table_command = copied
-        settings["note"] = re.sub(r"text-to-video: \d+ prompts", f"text-to-video: {args.prompts} prompts", note)
-        settings["detail_source"] = (f"Copied from `{args.detail_from}` (`--detail-from`), an earlier run of this script on the "
-                                     "same VAE, text encoder and detail models; table 1 does not use the anchor model."
-                                     + (f" It was measured with `{table_command}`." if table_command else ""))
-        sheets = {"detail rows": [", ".join(["truth", f"{VARIANTS[0].label}, 4 steps", f"{VARIANTS[1].label}, 4 steps"])],
-                  "detail sheet": [sheet_name]}
+        detail, sheets, table_command, table_note = copied.rows, copied.sheets, copied.command, copied.settings
+        settings["detail_source"] = (
+            f"Copied from `{args.detail_from}` (`--detail-from`), an earlier run of this script on the same VAE, text "
+            f"encoder and detail models (table 1 does not use the anchor model). Its settings: {table_note}"
+            + (f" It was measured with `{table_command}`." if table_command else ""))
     else:
         detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
                                      args.release_factor)
@@ -372,7 +397,9 @@ def main(argv: list[str] | None = None) -> None:
         contact_sheet([frames for _, frames in examples]).save(sheet_dir / "heldout-text-to-video.png")
         sheets["held-out captions"] = [caption for caption, _ in examples]
     write_report(args.out, command, detail, sheets, settings, adherence, samples)
-    raw = {"command": table_command, "detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],
+    raw = {"detail_command": table_command, "detail_settings": table_note,
+           "sheets": {k: sheets[k] for k in ("detail sheet", "detail rows")},
+           "detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],
            "adherence": adherence, "samples_seconds": samples[0] if samples else None, "settings": settings}
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {args.out}")

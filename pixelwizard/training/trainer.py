@@ -183,7 +183,9 @@ def train_vae(vae, source: ClipSource, cfg: TrainConfig, loss_cfg: VaeLossConfig
 
     def loss_fn(step: int) -> tuple[torch.Tensor, str]:
         indices = torch.randint(len(source), (cfg.batch_size,), generator=generator).tolist()
-        scale = loss_cfg.scales[int(torch.randint(len(loss_cfg.scales), (1,), generator=generator))]
+        scale = loss_cfg.scales[0]
+        if len(loss_cfg.scales) > 1:  # one scale draws nothing, so a run without --scales repeats earlier ones exactly
+            scale = loss_cfg.scales[int(torch.randint(len(loss_cfg.scales), (1,), generator=generator))]
         video = _random_crop(_rescaled(source.clips(indices, device), scale), loss_cfg.crop, generator)
         with autocast(device):
             posterior = vae.encode(video).latent_dist
