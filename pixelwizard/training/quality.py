@@ -342,9 +342,9 @@ def main(argv: list[str] | None = None) -> None:
             copied = earlier_detail_table(args.detail_from)
         except ValueError as exc:
             parser.exit(2, f"error: {exc}\n")
-        if not (sheet_dir / copied.sheets["detail sheet"][0]).is_file():
-            parser.exit(2, f"error: {args.detail_from}: its contact sheet {sheet_dir / copied.sheets['detail sheet'][0]} "
-                           "does not exist\n")
+        earlier_sheet = sheet_dir / copied.sheets["detail sheet"][0]
+        if not earlier_sheet.is_file():
+            parser.exit(2, f"error: {args.detail_from}: its contact sheet {earlier_sheet} does not exist\n")
     elif args.variants is None:
         parser.exit(2, "error: --variants is needed to measure table 1 (or copy it with --detail-from)\n")
     elif not args.variants.is_dir():
