@@ -34,7 +34,7 @@ TINY_TEXT_LENGTH = 32
 # Dimensions per size: transformer (the detail model's, and the anchor model's unless "anchor" gives its
 # own), VAE base width and latent channels, injector width. "trained" keeps Wan2.2's 48 latent channels but
 # compresses 4x8x8, not 4x16x16 (SPEC.md 2): a VAE this small, trained for minutes, cannot keep fine texture
-# through 16x16; its anchor model is wider and deeper than its detail model (run 17, docs/training.md).
+# through 16x16; its anchor model is wider and deeper than its detail model (runs 17 and 18, docs/training.md).
 TINY_SIZES: dict[str, dict] = {
     "small": dict(heads=2, head_dim=24, ffn_dim=96, layers=2, vae_base_dim=16, z_dim=16, vae_spatial=16,
                   injector_channels=32),
