@@ -2,28 +2,16 @@
 # NVIDIA H200 (the shipped one's size as the control, and three larger ones that keep the bundle under 30 MB), the text encoder, VAE and detail model
 # left as shipped; then each of them and the shipped anchor model rendered through the whole pipeline on 40 held-out
 # prompts of a tuning seed (7000, not the quality table's). Runs in the background (setsid) so that it outlives the
-# calls that watch it (docs/training-run-17-wait.sh). The environment variables shrink it for a CPU check:
+# calls that watch it (docs/training-wait.sh). The environment variables shrink it for a CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 PROMPTS=2 W=/tmp/w17 O=/tmp/o17 bash docs/training-run-17.sh
-set -u
-W=${W:-/tmp/w}; O=${O:-/tmp/o}; B=pixelwizard/assets/pixelwizard-tiny
-DEVICE=${DEVICE:-cuda}; COMPILE=${COMPILE:-reduce-overhead}; STEPS=${STEPS:-1000000}
-mkdir -p $W $O
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
-date +%s > $W/started
-train() {  # train NAME COMMAND ARGS...: one `pixelwizard train` command, its log, report and exit code
-  name=$1; shift
-  python3 -m cli.train "$@" --device $DEVICE --report $W/$name.json > $W/$name.log 2>&1
-  rc=$?; echo $rc > $W/$name.exit; return $rc
-}
+. docs/training-driver.sh
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-10240} \
   --batch-size 32 || exit 1
-anchor() {  # anchor NAME SIZE-OPTIONS...: from fresh weights; eager if the compiled run fails
+anchor() {  # anchor NAME SIZE-OPTIONS...: from fresh weights
   name=$1; shift
-  for mode in $COMPILE off; do
-    train $name anchor --model $B --latents $W/cache.pt --out $W/$name --reinit "$@" --batch-size ${BATCH:-64} \
-      --lr 3e-4 --warmup 200 --lr-decay cosine --ema 0.99 --object-weight 4 --steps $STEPS --seed 12 \
-      --max-seconds ${ANCHOR_SECONDS:-960} --compile $mode && return 0
-  done
+  compiled $name anchor --model $B --latents $W/cache.pt --out $W/$name --reinit "$@" --batch-size ${BATCH:-64} \
+    --lr 3e-4 --warmup 200 --lr-decay cosine --ema 0.99 --object-weight 4 --steps $STEPS --seed 12 \
+    --max-seconds ${ANCHOR_SECONDS:-960}
 }
 anchor a4w192 --layers 4 --heads 4 --head-dim 48 --ffn-dim 768 &
 anchor a6w256 --layers 6 --heads 4 --head-dim 64 --ffn-dim 1024 &
@@ -53,11 +41,4 @@ for name in ("shipped", "a4w192", "a6w256", "a8w224", "a6w256s3"):
     print(name, results[name], flush=True)
 (work / "adherence.json").write_text(json.dumps(results, indent=1))
 PY
-cd $W && for n in a4w192 a6w256 a8w224 a6w256s3; do
-  [ -d $n/transformer ] && python3 -c "
-import torch, sys; from diffusers import WanTransformer3DModel
-WanTransformer3DModel.from_pretrained('$n/transformer', torch_dtype=torch.float16).save_pretrained('$O/$n')"
-done
-cd $O && for n in a4w192 a6w256 a8w224 a6w256s3; do [ -d $n ] && tar cf $W/$n.tar $n; done
-cd $W && tar czf $W/logs.tgz *.log *.json *.exit started
-touch $W/DONE
+finish a4w192 a6w256 a8w224 a6w256s3

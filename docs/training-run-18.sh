@@ -2,38 +2,19 @@
 # session's device time, next to the same size from fresh weights at twice the batch, both on a latent cache of twice
 # run 17's clips; the text encoder, VAE and detail model left as shipped. Selection happens afterwards, on the CPU
 # (docs/training.md, run 18). Runs in the background (setsid) so that it outlives the calls that watch it
-# (docs/training-run-18-wait.sh). The environment variables shrink it for a CPU check:
+# (docs/training-wait.sh). The environment variables shrink it for a CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 W=/tmp/w18 O=/tmp/o18 bash docs/training-run-18.sh
-set -u
-W=${W:-/tmp/w}; O=${O:-/tmp/o}; B=pixelwizard/assets/pixelwizard-tiny
-DEVICE=${DEVICE:-cuda}; COMPILE=${COMPILE:-reduce-overhead}; STEPS=${STEPS:-1000000}
-mkdir -p $W $O
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
-date +%s > $W/started
-train() {  # train NAME COMMAND ARGS...: one `pixelwizard train` command, its log, report and exit code
-  name=$1; shift
-  python3 -m cli.train "$@" --device $DEVICE --report $W/$name.json > $W/$name.log 2>&1
-  rc=$?; echo $rc > $W/$name.exit; return $rc
-}
+. docs/training-driver.sh
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-20480} \
   --batch-size 32 || exit 1
-anchor() {  # anchor NAME OPTIONS...: eager if the compiled run fails
+anchor() {  # anchor NAME OPTIONS...
   name=$1; shift
-  for mode in $COMPILE off; do
-    train $name anchor --model $B --latents $W/cache.pt --out $W/$name "$@" --warmup 200 --lr-decay cosine --ema 0.99 \
-      --object-weight 4 --steps $STEPS --max-seconds ${ANCHOR_SECONDS:-1000} --compile $mode && return 0
-  done
+  compiled $name anchor --model $B --latents $W/cache.pt --out $W/$name "$@" --warmup 200 --lr-decay cosine \
+    --ema 0.99 --object-weight 4 --steps $STEPS --max-seconds ${ANCHOR_SECONDS:-1000}
 }
 # c6w256: the shipped anchor model, trained on (no --reinit) at half run 17's peak learning rate.
 anchor c6w256 --batch-size ${BATCH:-128} --lr 1.5e-4 --seed 13 &
 # f6w256: the same size from fresh weights, batch 128.
 anchor f6w256 --reinit --layers 6 --heads 4 --head-dim 64 --ffn-dim 1024 --batch-size ${BATCH:-128} --lr 3e-4 --seed 12 &
 wait
-cd $W && for n in c6w256 f6w256; do
-  [ -d $n/transformer ] && python3 -c "
-import torch; from diffusers import WanTransformer3DModel
-WanTransformer3DModel.from_pretrained('$n/transformer', torch_dtype=torch.float16).save_pretrained('$O/$n')"
-done
-cd $O && for n in c6w256 f6w256; do [ -d $n ] && tar cf $W/$n.tar $n; done
-cd $W && tar czf $W/logs.tgz *.log *.json *.exit started
-touch $W/DONE
+finish c6w256 f6w256

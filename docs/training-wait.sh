@@ -1,0 +1,13 @@
+# Watches a run driver's background job (training-run-17.sh, training-run-18.sh) for up to $1 seconds; once the job
+# is done, copies its anchor models (float16) and logs to $OUT and prints its adherence results, if it made any.
+W=/tmp/w; end=$(( $(date +%s) + $1 ))
+while [ ! -f $W/DONE ] && [ $(date +%s) -lt $end ]; do sleep 5; done
+echo "elapsed since start: $(( $(date +%s) - $(cat $W/started 2>/dev/null || date +%s) )) s"
+nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
+for f in $W/*.log; do echo "== $f"; tail -n 2 $f; done
+if [ -f $W/DONE ]; then
+  cp $W/*.tar $W/logs.tgz $OUT/
+  [ -f $W/adherence.log ] && cat $W/adherence.log
+  echo DONE
+fi
+ls -la $OUT
