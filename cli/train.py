@@ -93,15 +93,19 @@ def _open(model: str, device: str, seed: int):
         fail(str(exc))
 
 
-def _cache(path: Path, device: str):
+def _cache(path: Path, device: str, object_weight: float = 0.0):
+    """The latent cache at ``path``; an object weight needs the object masks only synthetic caches carry."""
     from pixelwizard.training.latents import LatentCache
 
     if not path.is_file():
         fail(f"latent cache {path} does not exist (make one with 'pixelwizard train encode')")
     try:
-        return LatentCache.load(path).to(device)
+        cache = LatentCache.load(path).to(device)
     except ValueError as exc:
         fail(str(exc))
+    if object_weight > 0 and cache.anchor_masks is None:
+        fail(f"--object-weight needs object masks, and {path} has none (only synthetic data has them)")
+    return cache
 
 
 def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
@@ -305,9 +309,7 @@ def train_anchor_command(
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
                   max_seconds=max_seconds, object_weight=object_weight, compile=compile)
-    cache = _cache(latents, target)
-    if object_weight > 0 and cache.anchor_masks is None:
-        fail(f"--object-weight needs object masks, and {latents} has none (only synthetic data has them)")
+    cache = _cache(latents, target, object_weight)
     pipe = _open(model, target, seed)
     if reinit:
         pipe.register_modules(transformer=fresh_copy(pipe.transformer, seed, **{SIZE_KEYS[k]: v for k, v in sizes.items()}))
@@ -334,6 +336,10 @@ def train_detail_command(
     dt_grid: Annotated[str, typer.Option(help="aligned (noise-span) or fixed (ablation).")] = "aligned",
     calibration: Annotated[bool, typer.Option(help="Adaptive noise-span calibration weight.")] = True,
     adapter_only: Annotated[bool, typer.Option(help="Train only the anchor injector and dt embedding.")] = False,
+    clean_anchor_prob: Annotated[float, typer.Option(
+        help="Share of samples conditioned on the clean anchor-size latent instead of SPEC.md 7's degraded one.")] = 0.0,
+    object_weight: Annotated[float, typer.Option(
+        help="Extra loss weight on the object's latent cells (synthetic caches carry its mask); 0 = off.")] = 0.0,
     reinit: Annotated[bool, typer.Option(help="Start the detail model from fresh weights (seed), keep the rest.")] = False,
     steps: Steps = 1000,
     batch_size: Batch = 16,
@@ -361,8 +367,9 @@ def train_detail_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing,
-                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut, compile=compile)
-    cache = _cache(latents, target)
+                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut, compile=compile,
+                  clean_anchor_prob=clean_anchor_prob, object_weight=object_weight)
+    cache = _cache(latents, target, object_weight)
     pipe = _open(model, target, seed)
     if reinit:
         from pixelwizard.training.checkpoints import fresh_copy

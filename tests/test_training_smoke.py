@@ -180,6 +180,8 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--dt-levels", "0"], "dt candidate set is empty"),
         (["detail", "--latents", "{cache}", "--sc-weight", "-2"], "loss weight must be > 0"),
         (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
+        (["detail", "--latents", "{cache}", "--clean-anchor-prob", "1.5"], "clean anchor share must lie in [0, 1]"),
+        (["detail", "--latents", "{cache}", "--object-weight", "-1"], "object weight must be >= 0"),
         (["vae", "--scales", "1,0"], "scale 0.0 must lie in (0, 1]"),
         (["anchor", "--latents", "{cache}", "--layers", "6"], "add --reinit"),
         (["anchor", "--latents", "{cache}", "--reinit", "--head-dim", "7"], "head dim must be an even number"),
@@ -274,10 +276,34 @@ def test_synthetic_caches_carry_object_masks_and_the_anchor_object_weight_uses_t
         train_anchor(pipe.transformer, without, frozen(pipe, cache), cfg, lambda _: None)
 
 
-def test_object_weight_without_masks_is_a_one_line_error(bundle_and_cache, cache, tmp_path):
+def test_detail_training_on_clean_anchors_with_object_weight_feeds_them_and_learns(pipe, cache):
+    """--clean-anchor-prob 1 conditions every sample on the cache's clean anchor latent, never the degraded one."""
+    seen = []
+    hook = pipe.detail_transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["anchor"].detach().clone()), with_kwargs=True)
+    cfg = TrainConfig(steps=40, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, cfg_dropout=0.0,
+                      clean_anchor_prob=1.0, object_weight=4.0, shortcut=ShortcutConfig(sc_prob=0.0)).validate()
+    try:
+        result = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None)
+    finally:
+        hook.remove()
+    first, last = first_and_last(result.history, "fm")
+    assert result.steps == 40 and last < 0.8 * first
+    clean, degraded = cache.anchors.float().flatten(1), cache.degraded.float().flatten(1)
+    assert not torch.equal(clean, degraded)
+    for sample in torch.cat(seen).flatten(1):
+        assert torch.isclose(clean, sample, atol=1e-3).all(1).any()
+        assert not torch.isclose(degraded, sample, atol=1e-3).all(1).any()
+    without = dataclasses.replace(cache, anchor_masks=None)
+    with pytest.raises(ValueError, match="object masks"):
+        train_detail(pipe.detail_transformer, without, frozen(pipe, cache), cfg, lambda _: None)
+
+
+@pytest.mark.parametrize("command", ["anchor", "detail"])
+def test_object_weight_without_masks_is_a_one_line_error(bundle_and_cache, cache, tmp_path, command):
     bundle, _ = bundle_and_cache
     dataclasses.replace(cache, anchor_masks=None).save(tmp_path / "real.pt")
-    result = invoke("anchor", "--model", bundle, "--latents", tmp_path / "real.pt", "--out", tmp_path / "out",
+    result = invoke(command, "--model", bundle, "--latents", tmp_path / "real.pt", "--out", tmp_path / "out",
                     "--object-weight", "2", "--device", "cpu")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "needs object masks" in lines[0], result.output

@@ -81,7 +81,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: str = "off"  # torch.compile mode for the transformer, or "off" (GPU throughput; the first steps compile)
     adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
-    object_weight: float = 0.0  # anchor model: extra loss weight on the object's latent cells (0 = off)
+    object_weight: float = 0.0  # extra loss weight on the object's latent cells (0 = off; synthetic caches)
+    clean_anchor_prob: float = 0.0  # detail model: share of samples conditioned on the clean anchor, not SPEC.md 7's
     log_every: int = 25
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
@@ -99,6 +100,7 @@ class TrainConfig:
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
         _check(self.max_seconds is None or self.max_seconds > 0, f"max seconds must be > 0, got {self.max_seconds}")
         _check(self.object_weight >= 0, f"object weight must be >= 0, got {self.object_weight}")
+        _check(0 <= self.clean_anchor_prob <= 1, f"clean anchor share must lie in [0, 1], got {self.clean_anchor_prob}")
         _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
         self.shortcut.validate()

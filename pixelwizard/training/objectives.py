@@ -186,3 +186,16 @@ def cfg_dropout(
     if anchor is not None:
         anchor = anchor * keep.view(-1, *[1] * (anchor.ndim - 1)).to(anchor.dtype)
     return embeds, anchor, dropped
+
+
+def mix_clean_anchors(synthesised: torch.Tensor, clean: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Per sample, with probability p, the clean anchor-size latent in place of the synthesised anchor.
+
+    Not in SPEC.md 7 (which always degrades): at the tiny scale the anchor model's own renders are sharper
+    than SPEC.md's degradation leaves the ground truth, and a detail model that never saw such anchors
+    ignores the object's outline in them (docs/training.md, run 19). ``p`` = 0 is SPEC.md's training.
+    """
+    if p <= 0:
+        return synthesised
+    use_clean = (torch.rand(synthesised.shape[0], generator=generator) < p).to(synthesised.device)
+    return torch.where(use_clean.view(-1, *[1] * (synthesised.ndim - 1)), clean.to(synthesised), synthesised)

@@ -20,12 +20,13 @@ import torch.distributed as dist
 from pixelwizard.training.captions import CaptionEmbeddings
 from pixelwizard.training.config import TrainConfig, VaeLossConfig
 from pixelwizard.training.datasets import ClipSource
-from pixelwizard.training.latents import LatentCache, area_resize
+from pixelwizard.training.latents import LatentCache, area_resize, resize_latent
 from pixelwizard.training.objectives import (
     bell_weight,
     calibration_weights,
     cfg_dropout,
     flow_target,
+    mix_clean_anchors,
     noisy,
     object_weights,
     sample_fm_timesteps,
@@ -267,10 +268,14 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
 
     Each iteration is a self-consistency step for the whole batch with probability
     ``cfg.shortcut.sc_prob`` (0 gives plain flow matching, the warm start and the baseline), its
-    loss scaled by ``cfg.shortcut.sc_weight`` (the history logs the scaled loss).
+    loss scaled by ``cfg.shortcut.sc_weight`` (the history logs the scaled loss). ``cfg.clean_anchor_prob``
+    conditions that share of samples on the clean anchor-size latent instead of the synthesised anchor;
+    ``cfg.object_weight`` weights the object's latent cells as in ``train_anchor``.
     """
     sc = cfg.shortcut
     device = detail.device
+    if cfg.object_weight > 0 and cache.anchor_masks is None:
+        raise ValueError("an object weight needs object masks, which only synthetic latent caches have")
     grid = timestep_grid(cfg.shift)
     mode_generator = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
     generator = torch.Generator().manual_seed(cfg.seed + 1 + rank())
@@ -288,9 +293,15 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
         indices = torch.randint(len(cache), (cfg.batch_size,), generator=generator)
         x0 = _batch(cache, indices, "latents", device)
         embeds, empty = text(indices)
-        embeds, anchor, _ = cfg_dropout(
-            embeds.to(device), _batch(cache, indices, "degraded", device), empty.to(device), cfg.cfg_dropout, generator,
-        )
+        anchor = _batch(cache, indices, "degraded", device)
+        if cfg.clean_anchor_prob > 0:
+            clean = resize_latent(_batch(cache, indices, "anchors", device), tuple(anchor.shape[-2:]))
+            anchor = mix_clean_anchors(anchor, clean, cfg.clean_anchor_prob, generator)
+        embeds, anchor, _ = cfg_dropout(embeds.to(device), anchor, empty.to(device), cfg.cfg_dropout, generator)
+        element = None
+        if cfg.object_weight > 0:
+            mask = torch.nn.functional.interpolate(_batch(cache, indices, "anchor_masks", device), size=x0.shape[2:])
+            element = object_weights(mask, cfg.object_weight)
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
@@ -300,7 +311,7 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
         if not self_consistency:
             t = sample_fm_timesteps(cfg.batch_size, grid, generator).to(device)
             pred = velocity(noisy(x0, noise, t), t, torch.zeros_like(t))
-            return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid.to(device))), "fm"
+            return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid.to(device)), element), "fm"
         t, dt = sample_shortcut_steps(
             cfg.batch_size, sc.starts, grid, generator,
             levels=sc.levels, lam=sc.lam, k_sampling=sc.k_sampling, dt_grid_kind=sc.dt_grid,
@@ -311,7 +322,7 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
             target = teacher_target(velocity, x_t, t, dt)
         pred = velocity(x_t, t, dt)
         weights = calibration_weights(t, dt, sc.calibration_power, sc.calibration_clamp) if sc.calibration else torch.ones_like(t)
-        return sc.sc_weight * weighted_mse(pred, target, weights), "sc"
+        return sc.sc_weight * weighted_mse(pred, target, weights, element), "sc"
 
     result = run_loop(loss_fn, params, cfg, log)
     detail.eval().requires_grad_(False)
