@@ -1,5 +1,5 @@
-# Watches a run driver's background job (training-run-17.sh, training-run-18.sh) for up to $1 seconds; once the job
-# is done, copies its anchor models (float16) and logs to $OUT and prints its adherence results, if it made any.
+# Watches a run driver's background job (training-run-17.sh to -19.sh) for up to $1 seconds; once the job is done,
+# copies its trained models (float16) and logs to $OUT and prints its adherence results, if it made any.
 W=/tmp/w; end=$(( $(date +%s) + $1 ))
 while [ ! -f $W/DONE ] && [ $(date +%s) -lt $end ]; do sleep 5; done
 echo "elapsed since start: $(( $(date +%s) - $(cat $W/started 2>/dev/null || date +%s) )) s"
