@@ -71,7 +71,7 @@ def test_anchor_phase_then_detail_branches_then_a_later_call_adds_one_from_the_s
     assert all(torch.equal(t, load_file(bundle / encoder)[k]) for k, t in trained_encoder.items())  # and the text encoder
     assert (tmp_path / "o1" / "variants" / "fm_only" / "config.json").is_file()
 
-    second = run_recipe(tmp_path / "w2", tmp_path / "o2", 45, TOY, start, "detail", 1,
+    second = run_recipe(tmp_path / "w2", tmp_path / "o2", 90, TOY, start, "detail", 1,
                         DetailPlan(("no_calibration",), steps=2, warmstart=tmp_path / "o1" / "warmstart",
                                    sc_starts="600,1000"), data="synthetic-random-cells", release_factor=True)
     assert second["ok"] and [r["name"] for r in second["records"]] == ["encode", "no_calibration"]
