@@ -1,4 +1,4 @@
-# Sourced by the run drivers (training-run-17.sh, -18.sh, -19.sh): the work folders, the environment and the
+# Sourced by the run drivers (training-run-17.sh to -20.sh): the work folders, the environment and the
 # helpers they share. W (work), O (float16 exports), DEVICE, COMPILE and STEPS may be set to shrink a run for a CPU check.
 set -u
 W=${W:-/tmp/w}; O=${O:-/tmp/o}; B=pixelwizard/assets/pixelwizard-tiny
@@ -16,8 +16,8 @@ compiled() {  # compiled NAME COMMAND ARGS...: train with --compile $COMPILE, ag
   for mode in $COMPILE off; do train $name "$@" --compile $mode && return 0; done
   return 1
 }
-finish() {  # finish NAME...: each trained model (anchor, or detail with PART=detail_transformer) as float16 in $W/NAME.tar,
-  # the logs in $W/logs.tgz, then DONE
+export_models() {  # export_models NAME...: each trained model (anchor, or detail with PART=detail_transformer) as float16
+  # in $W/NAME.tar
   part=${PART:-transformer}
   for n in "$@"; do
     [ -d $W/$n/$part ] || continue
@@ -28,6 +28,9 @@ cls = PixelWizardTransformer3DModel if '$part' == 'detail_transformer' else WanT
 cls.from_pretrained('$W/$n/$part', torch_dtype=torch.float16).save_pretrained('$O/$n')" \
       && (cd $O && tar cf $W/$n.tar $n)
   done
+}
+finish() {  # finish NAME...: export_models NAME..., the logs in $W/logs.tgz, then DONE
+  export_models "$@"
   (cd $W && tar czf $W/logs.tgz *.log *.json *.exit started)
   touch $W/DONE
 }
