@@ -34,3 +34,20 @@ finish() {  # finish NAME...: export_models NAME..., the logs in $W/logs.tgz, th
   (cd $W && tar czf $W/logs.tgz *.log *.json *.exit started)
   touch $W/DONE
 }
+detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPTIONS on every command: a flow-matching warm
+  # start from fresh weights, then the shortcut model, flow matching only and the three ablations started side by side
+  # in the background (the caller waits)
+  compiled warmstart detail --model $B --reinit --latents $W/cache.pt --out $W/warmstart --sc-prob 0 \
+    --batch-size ${BATCH:-32} --lr 3e-4 --beta1 0.9 --warmup 200 --ema 0.99 --steps $STEPS --seed 3 \
+    --max-seconds ${WARM_SECONDS:-200} "$@" || return 1
+  detail_branch shortcut "$@" &
+  detail_branch fm_only --sc-prob 0 "$@" &
+  detail_branch uniform_k --k-sampling uniform "$@" &
+  detail_branch fixed_dt --dt-grid fixed "$@" &
+  detail_branch no_calibration --no-calibration "$@" &
+}
+detail_branch() {  # detail_branch NAME OPTIONS...: one branch from the warm start, as run 16's branches
+  name=$1; shift
+  compiled $name detail --model $W/warmstart --latents $W/cache.pt --out $W/$name --batch-size ${BATCH:-32} --lr 1e-4 \
+    --lr-decay cosine --ema 0.99 --steps $STEPS --seed 4 --max-seconds ${BRANCH_SECONDS:-950} "$@"
+}

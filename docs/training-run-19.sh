@@ -8,19 +8,6 @@
 . docs/training-driver.sh
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-10240} \
   --batch-size 32 || exit 1
-OUTLINE="--clean-anchor-prob 0.5 --object-weight 4"
-compiled warmstart detail --model $B --reinit --latents $W/cache.pt --out $W/warmstart --sc-prob 0 --batch-size ${BATCH:-32} \
-  --lr 3e-4 --beta1 0.9 --warmup 200 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-200} $OUTLINE \
-  || exit 1
-branch() {  # branch NAME OPTIONS...: from the warm start, as run 16's branches
-  name=$1; shift
-  compiled $name detail --model $W/warmstart --latents $W/cache.pt --out $W/$name --batch-size ${BATCH:-32} --lr 1e-4 \
-    --lr-decay cosine --ema 0.99 --steps $STEPS --seed 4 --max-seconds ${BRANCH_SECONDS:-950} $OUTLINE "$@"
-}
-branch shortcut &
-branch fm_only --sc-prob 0 &
-branch uniform_k --k-sampling uniform &
-branch fixed_dt --dt-grid fixed &
-branch no_calibration --no-calibration &
+detail_recipe --clean-anchor-prob 0.5 --object-weight 4 || exit 1
 wait
 PART=detail_transformer finish shortcut fm_only uniform_k fixed_dt no_calibration
