@@ -4,7 +4,7 @@
 W=/tmp/w; end=$(( $(date +%s) + $1 ))
 [ -f $W/started ] || { echo "no run driver was started on this machine: $W/started is missing"; exit 3; }
 while [ ! -f $W/DONE ] && [ $(date +%s) -lt $end ]; do sleep 5; done
-echo "elapsed since start: $(( $(date +%s) - $(cat $W/started 2>/dev/null || date +%s) )) s"
+echo "elapsed since start: $(( $(date +%s) - $(cat $W/started) )) s"
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
 for f in $W/*.log; do echo "== $f"; tail -n 2 $f; done
 if [ -f $W/DONE ]; then
