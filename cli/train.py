@@ -34,6 +34,9 @@ Ema = Annotated[float, typer.Option(help="EMA decay of the saved weights; 0 = of
 Seed = Annotated[int, typer.Option(help="Seed of data order, noise and initial weights.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 MaxSeconds = Annotated[Optional[float], typer.Option(help="Stop after this much wall time.")]
+SnapshotEvery = Annotated[Optional[float], typer.Option(
+    help="Every this many seconds, write the weights so far (EMA ones if on) as a bundle at OUT.snapshot, "
+         "so that a run cut short still leaves its latest state.")]
 Report = Annotated[Optional[Path], typer.Option(help="Write the loss history and settings here (JSON).")]
 Shift = Annotated[float, typer.Option(help="Sigma shift of the training timestep grid.")]
 Dropout = Annotated[float, typer.Option(help="CFG dropout probability (empty prompt and zero anchor).")]
@@ -121,6 +124,21 @@ def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> 
                     "history": result.history}
             report.write_text(json.dumps(body, indent=1, default=str))
     _leave_process_group()
+
+
+def _snapshot_writer(pipe, out: Path):
+    """Rank 0's snapshot callback for the trainers: the whole bundle at OUT.snapshot, atomically; None elsewhere."""
+    from pixelwizard.bundle import write_bundle
+
+    if not _is_main():
+        return None
+    folder = out.with_name(out.name + ".snapshot")
+
+    def write(steps: int) -> None:
+        write_bundle(pipe, folder)
+        typer.echo(f"snapshot after {steps} steps: {folder}")
+
+    return write
 
 
 def _leave_process_group() -> None:
@@ -293,6 +311,7 @@ def train_anchor_command(
     seed: Seed = 0,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
+    snapshot_every: SnapshotEvery = None,
     report: Report = None,
 ) -> None:
     """Train the anchor (base) model with plain flow matching on anchor-size latents."""
@@ -308,7 +327,7 @@ def train_anchor_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                  max_seconds=max_seconds, object_weight=object_weight, compile=compile)
+                  max_seconds=max_seconds, snapshot_every=snapshot_every, object_weight=object_weight, compile=compile)
     cache = _cache(latents, target, object_weight)
     pipe = _open(model, target, seed)
     if reinit:
@@ -318,7 +337,7 @@ def train_anchor_command(
     from pixelwizard.training.trainer import train_anchor
 
     text = CaptionEmbeddings(pipe, cache.captions, trainable=train_text_encoder)
-    result = train_anchor(pipe.transformer, cache, text, cfg, typer.echo)
+    result = train_anchor(pipe.transformer, cache, text, cfg, typer.echo, _snapshot_writer(pipe, out))
     _finish(pipe, out, result, report, settings)
 
 
@@ -355,6 +374,7 @@ def train_detail_command(
     seed: Seed = 0,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
+    snapshot_every: SnapshotEvery = None,
     report: Report = None,
 ) -> None:
     """Train the detail model: flow matching mixed with shortcut self-consistency (SPEC.md 7)."""
@@ -367,7 +387,8 @@ def train_detail_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing,
-                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, shortcut=shortcut, compile=compile,
+                  adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, snapshot_every=snapshot_every,
+                  shortcut=shortcut, compile=compile,
                   clean_anchor_prob=clean_anchor_prob, object_weight=object_weight)
     cache = _cache(latents, target, object_weight)
     pipe = _open(model, target, seed)
@@ -379,7 +400,8 @@ def train_detail_command(
     from pixelwizard.training.captions import CaptionEmbeddings
     from pixelwizard.training.trainer import train_detail
 
-    result = train_detail(pipe.detail_transformer, cache, CaptionEmbeddings(pipe, cache.captions), cfg, typer.echo)
+    result = train_detail(pipe.detail_transformer, cache, CaptionEmbeddings(pipe, cache.captions), cfg, typer.echo,
+                          _snapshot_writer(pipe, out))
     _finish(pipe, out, result, report, settings)
 
 

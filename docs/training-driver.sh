@@ -1,9 +1,10 @@
-# Sourced by the run drivers (training-run-17.sh to -20.sh): the work folders, the environment and the
+# Sourced by the run drivers (training-run-17.sh and later): the work folders, the environment and the
 # helpers they share. W (work), O (float16 exports), DEVICE, COMPILE and STEPS may be set to shrink a run for a CPU check.
 set -u
 W=${W:-/tmp/w}; O=${O:-/tmp/o}; B=pixelwizard/assets/pixelwizard-tiny
 DEVICE=${DEVICE:-cuda}; COMPILE=${COMPILE:-reduce-overhead}; STEPS=${STEPS:-1000000}
 mkdir -p $W $O
+rm -f $W/returns
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 date +%s > $W/started
 train() {  # train NAME COMMAND ARGS...: one `pixelwizard train` command, its log, report and exit code
@@ -16,22 +17,13 @@ compiled() {  # compiled NAME COMMAND ARGS...: train with --compile $COMPILE, ag
   for mode in $COMPILE off; do train $name "$@" --compile $mode && return 0; done
   return 1
 }
-export_models() {  # export_models NAME...: each trained model (anchor, or detail with PART=detail_transformer) as float16
-  # in $W/NAME.tar
-  part=${PART:-transformer}
-  for n in "$@"; do
-    [ -d $W/$n/$part ] || continue
-    python3 -c "
-import torch; from diffusers import WanTransformer3DModel
-from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
-cls = PixelWizardTransformer3DModel if '$part' == 'detail_transformer' else WanTransformer3DModel
-cls.from_pretrained('$W/$n/$part', torch_dtype=torch.float16).save_pretrained('$O/$n')" \
-      && (cd $O && tar cf $W/$n.tar $n)
-  done
+. docs/training-export.sh
+returns() {  # returns PART NAME...: the job hands back these runs' PART (a line of $W/returns; training-export.sh)
+  echo "$*" >> $W/returns
 }
-finish() {  # finish NAME...: export_models NAME..., the logs in $W/logs.tgz, then DONE
-  export_models "$@"
-  (cd $W && tar czf $W/logs.tgz *.log *.json *.exit started)
+finish() {  # the returned models, the logs in $W/logs.tgz, then DONE
+  export_models
+  pack_logs
   touch $W/DONE
 }
 detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPTIONS on every command: a flow-matching warm
@@ -49,5 +41,6 @@ detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPT
 detail_branch() {  # detail_branch NAME OPTIONS...: one branch from the warm start, as run 16's branches
   name=$1; shift
   compiled $name detail --model $W/warmstart --latents $W/cache.pt --out $W/$name --batch-size ${BATCH:-32} --lr 1e-4 \
-    --lr-decay cosine --ema 0.99 --steps $STEPS --seed 4 --max-seconds ${BRANCH_SECONDS:-950} "$@"
+    --lr-decay cosine --ema 0.99 --steps $STEPS --seed 4 --max-seconds ${BRANCH_SECONDS:-950} \
+    --snapshot-every ${SNAPSHOT_SECONDS:-60} "$@"
 }

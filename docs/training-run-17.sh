@@ -5,6 +5,7 @@
 # calls that watch it (docs/training-wait.sh). The environment variables shrink it for a CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 PROMPTS=2 W=/tmp/w17 O=/tmp/o17 bash docs/training-run-17.sh
 . docs/training-driver.sh
+returns transformer a4w192 a6w256 a8w224 a6w256s3
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-10240} \
   --batch-size 32 || exit 1
 anchor() {  # anchor NAME SIZE-OPTIONS...: from fresh weights
@@ -41,4 +42,4 @@ for name in ("shipped", "a4w192", "a6w256", "a8w224", "a6w256s3"):
     print(name, results[name], flush=True)
 (work / "adherence.json").write_text(json.dumps(results, indent=1))
 PY
-finish a4w192 a6w256 a8w224 a6w256s3
+finish

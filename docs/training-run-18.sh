@@ -5,6 +5,7 @@
 # (docs/training-wait.sh). The environment variables shrink it for a CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 W=/tmp/w18 O=/tmp/o18 bash docs/training-run-18.sh
 . docs/training-driver.sh
+returns transformer c6w256 f6w256
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-20480} \
   --batch-size 32 || exit 1
 anchor() {  # anchor NAME OPTIONS...
@@ -17,4 +18,4 @@ anchor c6w256 --batch-size ${BATCH:-128} --lr 1.5e-4 --seed 13 &
 # f6w256: the same size from fresh weights, batch 128.
 anchor f6w256 --reinit --layers 6 --heads 4 --head-dim 64 --ffn-dim 1024 --batch-size ${BATCH:-128} --lr 3e-4 --seed 12 &
 wait
-finish c6w256 f6w256
+finish

@@ -6,8 +6,9 @@
 # background (setsid) so that it outlives the calls that watch it (docs/training-wait.sh). A CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 W=/tmp/w19 O=/tmp/o19 bash docs/training-run-19.sh
 . docs/training-driver.sh
+returns detail_transformer shortcut fm_only uniform_k fixed_dt no_calibration
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-10240} \
   --batch-size 32 || exit 1
 detail_recipe --clean-anchor-prob 0.5 --object-weight 4 || exit 1
 wait
-PART=detail_transformer finish shortcut fm_only uniform_k fixed_dt no_calibration
+finish

@@ -5,6 +5,8 @@
 # watch it (docs/training-wait.sh). A CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 W=/tmp/w20 O=/tmp/o20 bash docs/training-run-20.sh
 . docs/training-driver.sh
+returns transformer c6w256b
+returns detail_transformer shortcut fm_only uniform_k fixed_dt no_calibration
 train encode encode --model $B --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-10240} \
   --batch-size 32 || exit 1
 # c6w256b: the shipped anchor model trained on (no --reinit), as run 18's c6w256 at two thirds of its peak learning rate.
@@ -13,5 +15,4 @@ compiled c6w256b anchor --model $B --latents $W/cache.pt --out $W/c6w256b --batc
   --max-seconds ${ANCHOR_SECONDS:-1150} &
 detail_recipe --clean-anchor-prob 0.5 --object-weight 4 || exit 1
 wait
-export_models c6w256b
-PART=detail_transformer finish shortcut fm_only uniform_k fixed_dt no_calibration
+finish

@@ -1,5 +1,6 @@
-"""The shortcut objective of SPEC.md 7, piece by piece, against its formulas."""
+"""The shortcut objective of SPEC.md 7, piece by piece, against its formulas; the training loop's settings and snapshots."""
 
+import dataclasses
 import math
 
 import pytest
@@ -196,3 +197,46 @@ def test_element_weights_give_a_weighted_mean_per_sample_and_object_weights_add_
     # (1 * 1 + 4 * 9) / (1 + 4) over both channels
     assert obj.weighted_mse(pred, target, torch.ones(1), e) == pytest.approx(37 / 5)
     assert obj.weighted_mse(pred, target, torch.ones(1), obj.object_weights(mask, 0.0)) == pytest.approx(5.0)
+
+
+def _fit_line(cfg: TrainConfig, snapshots: list | None):
+    """run_loop on a two-parameter regression; returns the final weights (and fills ``snapshots`` if given)."""
+    from pixelwizard.training.trainer import run_loop
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(2))
+    data = torch.randn(64, 2)
+    target = data @ torch.tensor([1.5, -0.5])
+
+    def loss_fn(step):
+        rows = data[step % 8 * 8:(step % 8 + 1) * 8]
+        return ((rows @ weight - target[step % 8 * 8:(step % 8 + 1) * 8]) ** 2).mean(), "fm"
+
+    def snapshot(steps):
+        snapshots.append((steps, weight.detach().clone()))
+
+    run_loop(loss_fn, [weight], cfg, lambda _: None, snapshot if snapshots is not None else None)
+    return weight.detach().clone()
+
+
+def test_snapshots_hold_the_weights_the_run_would_save_and_leave_the_training_unchanged():
+    cfg = TrainConfig(steps=6, lr=0.1, betas=(0.9, 0.999), ema=0.5, snapshot_every=1e-9).validate()
+    snapshots = []
+    final = _fit_line(cfg, snapshots)
+    assert [steps for steps, _ in snapshots] == [1, 2, 3, 4, 5, 6]
+    # the last snapshot is what the run saves: the EMA weights, not the live ones
+    assert torch.equal(snapshots[-1][1], final)
+    assert not torch.equal(snapshots[0][1], snapshots[-1][1])
+    # putting the EMA weights in for a snapshot and taking them out again changes nothing the run does
+    assert torch.equal(_fit_line(dataclasses.replace(cfg, snapshot_every=None), None), final)
+    assert torch.equal(_fit_line(cfg, None), final)
+    # without EMA, the last snapshot is the live weights
+    plain = []
+    plain_final = _fit_line(dataclasses.replace(cfg, ema=0.0), plain)
+    assert torch.equal(plain_final, plain[-1][1])
+    assert not torch.equal(plain_final, final)
+
+
+def test_snapshot_interval_must_be_positive():
+    with pytest.raises(ConfigError, match="snapshot interval must be > 0 seconds"):
+        TrainConfig(snapshot_every=0).validate()

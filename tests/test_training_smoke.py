@@ -182,6 +182,7 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
         (["detail", "--latents", "{cache}", "--clean-anchor-prob", "1.5"], "clean anchor share must lie in [0, 1]"),
         (["detail", "--latents", "{cache}", "--object-weight", "-1"], "object weight must be >= 0"),
+        (["anchor", "--latents", "{cache}", "--snapshot-every", "0"], "snapshot interval must be > 0 seconds"),
         (["vae", "--scales", "1,0"], "scale 0.0 must lie in (0, 1]"),
         (["anchor", "--latents", "{cache}", "--layers", "6"], "add --reinit"),
         (["anchor", "--latents", "{cache}", "--reinit", "--head-dim", "7"], "head dim must be an even number"),
@@ -326,3 +327,42 @@ def test_two_process_data_parallel_run_stops_together_on_its_time_limit(bundle_a
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads((tmp_path / "r.json").read_text())["steps"] > 1
     assert (tmp_path / "out" / "detail_transformer").is_dir()
+
+
+def test_a_run_killed_mid_way_leaves_its_latest_snapshot_and_no_output(bundle_and_cache, tmp_path):
+    """A real `train detail` process, killed with SIGKILL once it has written a snapshot: the snapshot is a
+    whole bundle that loads and holds trained weights, and the run's --out was never written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pixelwizard.bundle import load_bundle
+
+    bundle, cache_file = bundle_and_cache
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cli.train", "detail", "--model", str(bundle), "--latents", str(cache_file),
+               "--out", str(out), "--steps", "1000000", "--batch-size", "2", "--ema", "0.9", "--snapshot-every", "1",
+               "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    snapshot = tmp_path / "out.snapshot"
+    try:
+        deadline = time.monotonic() + 240
+        while not (snapshot / "detail_transformer").is_dir() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read()[-2000:]
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (snapshot / "detail_transformer").is_dir() and not out.exists()
+    assert "snapshot after" in process.stdout.read()
+    start, saved = load_bundle(bundle), load_bundle(snapshot)
+    changed = [name for name, p in saved.detail_transformer.named_parameters()
+               if not torch.equal(p, dict(start.detail_transformer.named_parameters())[name])]
+    assert changed, "the snapshot holds the starting weights"
+    assert all(torch.equal(p, dict(start.transformer.named_parameters())[name])
+               for name, p in saved.transformer.named_parameters())

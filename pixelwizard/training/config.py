@@ -78,6 +78,7 @@ class TrainConfig:
     shift: float = 5.0  # sigma shift of the training timestep grid
     seed: int = 0
     max_seconds: float | None = None  # stop early when this much wall time has passed
+    snapshot_every: float | None = None  # seconds between snapshots of the weights (anchor and detail runs), None = none
     gradient_checkpointing: bool = False
     compile: str = "off"  # torch.compile mode for the transformer, or "off" (GPU throughput; the first steps compile)
     adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
@@ -99,6 +100,8 @@ class TrainConfig:
         _check(0 <= self.cfg_dropout <= 1, f"CFG dropout must lie in [0, 1], got {self.cfg_dropout}")
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
         _check(self.max_seconds is None or self.max_seconds > 0, f"max seconds must be > 0, got {self.max_seconds}")
+        _check(self.snapshot_every is None or self.snapshot_every > 0,
+               f"snapshot interval must be > 0 seconds, got {self.snapshot_every}")
         _check(self.object_weight >= 0, f"object weight must be >= 0, got {self.object_weight}")
         _check(0 <= self.clean_anchor_prob <= 1, f"clean anchor share must lie in [0, 1], got {self.clean_anchor_prob}")
         _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +39,8 @@ from pixelwizard.training.objectives import (
 Log = Callable[[str], None]
 # loss_fn(step) -> (loss, kind); kind names the loss in the history ("fm", "sc", "vae").
 LossFn = Callable[[int], tuple[torch.Tensor, str]]
+# snapshot(steps): saves the model as it stands (the caller knows where); run_loop calls it every cfg.snapshot_every s.
+Snapshot = Callable[[int], None]
 
 
 @dataclass
@@ -84,6 +86,18 @@ class Ema:
         for shadow, p in zip(self.shadow, self.params):
             p.copy_(shadow)
 
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the model for the block (a snapshot saves what the run would), then the live ones back."""
+        live = [p.detach().clone() for p in self.params]
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for saved, p in zip(live, self.params):
+                    p.copy_(saved)
+
 
 def _sync_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average gradients over ranks (a no-op in one process)."""
@@ -113,8 +127,13 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm
 
 
-def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig, log: Log) -> TrainResult:
-    """AdamW (SPEC.md 7 settings from ``cfg``), linear warmup, grad clipping, optional EMA, time limit."""
+def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig, log: Log,
+             snapshot: Snapshot | None = None) -> TrainResult:
+    """AdamW (SPEC.md 7 settings from ``cfg``), linear warmup, grad clipping, optional EMA, time limit.
+
+    With ``snapshot`` and ``cfg.snapshot_every``, the weights the run would save (EMA ones if on) are
+    handed to ``snapshot`` at that interval, so a run whose machine is lost still leaves its latest state.
+    """
     fused = all(p.is_cuda for p in params)  # the fused CUDA AdamW: one launch for all parameters
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
     ema = Ema(params, cfg.ema) if cfg.ema > 0 else None
@@ -122,6 +141,7 @@ def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig
     window: dict[str, list[torch.Tensor]] = {}
     history: list[dict[str, float]] = []
     done = 0
+    last_snapshot = start
     for step in range(cfg.steps):
         progress = step / cfg.steps
         if cfg.max_seconds is not None:  # a timed run ends at whichever limit comes first
@@ -148,6 +168,11 @@ def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig
             window = {}
             if rank() == 0:
                 log(" ".join(f"{k}={v:.4g}" for k, v in entry.items()))
+        due = cfg.snapshot_every is not None and time.monotonic() - last_snapshot >= cfg.snapshot_every
+        if snapshot is not None and due:
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                snapshot(done)
+            last_snapshot = time.monotonic()
     if ema is not None:
         ema.copy_to_model()
     return TrainResult(steps=done, seconds=time.monotonic() - start, history=history)
@@ -206,7 +231,8 @@ def _batch(cache: LatentCache, indices: torch.Tensor, name: str, device: torch.d
     return getattr(cache, name)[indices.to(getattr(cache, name).device)].to(device).float()
 
 
-def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log) -> TrainResult:
+def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log,
+                 snapshot: Snapshot | None = None) -> TrainResult:
     """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout.
 
     With ``cfg.object_weight`` > 0 each latent cell's error is weighted by 1 + object_weight x the
@@ -241,7 +267,7 @@ def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: 
             element = object_weights(_batch(cache, indices, "anchor_masks", device), cfg.object_weight)
         return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid).to(device), element), "fm"
 
-    result = run_loop(loss_fn, [*transformer.parameters(), *text.parameters()], cfg, log)
+    result = run_loop(loss_fn, [*transformer.parameters(), *text.parameters()], cfg, log, snapshot)
     transformer.eval().requires_grad_(False)
     text.train(False)
     return result
@@ -263,7 +289,8 @@ def detail_parameters(detail, adapter_only: bool, flow_matching_only: bool) -> l
     return [p for p in params if id(p) not in dt_dependent]
 
 
-def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log) -> TrainResult:
+def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log,
+                 snapshot: Snapshot | None = None) -> TrainResult:
     """Flow matching (dt = 0) mixed with self-consistency shortcut steps, SPEC.md 7.
 
     Each iteration is a self-consistency step for the whole batch with probability
@@ -324,6 +351,6 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
         weights = calibration_weights(t, dt, sc.calibration_power, sc.calibration_clamp) if sc.calibration else torch.ones_like(t)
         return sc.sc_weight * weighted_mse(pred, target, weights, element), "sc"
 
-    result = run_loop(loss_fn, params, cfg, log)
+    result = run_loop(loss_fn, params, cfg, log, snapshot)
     detail.eval().requires_grad_(False)
     return result
