@@ -16,7 +16,7 @@ if [ -f $W/DONE ]; then
   echo DONE
 else
   . docs/training-export.sh
-  export_models && pack_logs && cp $W/*.tar $W/logs.tgz $OUT/ 2>/dev/null
+  export_models; pack_logs; cp $W/*.tar $W/logs.tgz $OUT/ 2>/dev/null
   echo "PARTIAL: the job is still running; the models above are its latest snapshots"
 fi
 ls -la $OUT
