@@ -17,7 +17,7 @@ lines = (work / "returns").read_text().splitlines() if (work / "returns").is_fil
 for part, *names in (line.split() for line in lines if line.strip()):
     cls = PixelWizardTransformer3DModel if part == "detail_transformer" else WanTransformer3DModel
     for name in names:
-        for attempt in range(3):  # a snapshot can be replaced while it is read: read the newer one
+        for _ in range(3):  # a snapshot can be replaced while it is read: read the newer one
             source = next((f for f in (work / name, work / f"{name}.snapshot") if (f / part).is_dir()), None)
             if source is None:
                 print(f"{name}: nothing to export yet")
