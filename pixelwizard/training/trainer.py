@@ -168,8 +168,7 @@ def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig
             window = {}
             if rank() == 0:
                 log(" ".join(f"{k}={v:.4g}" for k, v in entry.items()))
-        due = cfg.snapshot_every is not None and time.monotonic() - last_snapshot >= cfg.snapshot_every
-        if snapshot is not None and due:
+        if snapshot is not None and cfg.snapshot_every is not None and time.monotonic() - last_snapshot >= cfg.snapshot_every:
             with ema.applied() if ema is not None else contextlib.nullcontext():
                 snapshot(done)
             last_snapshot = time.monotonic()
