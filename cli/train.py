@@ -22,7 +22,8 @@ train_app = typer.Typer(help="Train the tiny VAE, anchor model and shortcut deta
 Model = Annotated[str, typer.Option(help="Bundle folder to start from, or 'random' (trained-size, fresh weights).")]
 Out = Annotated[Path, typer.Option(help="Bundle folder to write (replaced atomically on success).")]
 Data = Annotated[str, typer.Option(
-    help="'synthetic', 'synthetic-random-cells' (random background cells), or a captions JSON Lines file of real clips.")]
+    help="'synthetic', 'synthetic-random-cells' (random background cells), 'synthetic-grain' (background grain), "
+    "or a captions JSON Lines file of real clips.")]
 Latents = Annotated[Path, typer.Option(help="Latent cache written by 'pixelwizard train encode'.")]
 Steps = Annotated[int, typer.Option(help="Optimiser steps.")]
 Batch = Annotated[int, typer.Option(help="Clips per step.")]

@@ -1,5 +1,5 @@
 # Sourced by training-driver.sh and training-wait.sh: hands a GPU job's models back. Each line "PART NAME..." of
-# $W/returns names runs whose PART (transformer or detail_transformer) the job returns; export_models writes each as
+# $W/returns names runs whose PART (transformer, detail_transformer or vae) the job returns; export_models writes each as
 # float16 in $W/NAME.tar, from the finished run's folder or, while it is still training, its latest snapshot
 # (--snapshot-every), so that a watching call can bring back what a machine lost later would have taken with it.
 W=${W:-/tmp/w}; O=${O:-/tmp/o}
@@ -9,13 +9,13 @@ import sys, tarfile, time
 from pathlib import Path
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
 
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 lines = (work / "returns").read_text().splitlines() if (work / "returns").is_file() else []
 for part, *names in (line.split() for line in lines if line.strip()):
-    cls = PixelWizardTransformer3DModel if part == "detail_transformer" else WanTransformer3DModel
+    cls = {"detail_transformer": PixelWizardTransformer3DModel, "vae": AutoencoderKLWan}.get(part, WanTransformer3DModel)
     for name in names:
         for _ in range(3):  # a snapshot can be replaced while it is read: read the newer one
             source = next((f for f in (work / name, work / f"{name}.snapshot") if (f / part).is_dir()), None)

@@ -10,7 +10,7 @@ from pixelwizard.default_model import TINY_VOCABULARY
 from pixelwizard.training.datasets import DatasetError, RealClips, SyntheticClips, open_dataset
 from pixelwizard.training.degrade import RELEASE_FACTOR, RELEASE_KERNELS, RELEASE_SIGMA, degrade, scaled_degradation
 from pixelwizard.training.latents import latent_grid_mask
-from pixelwizard.training.render import object_mask, render_scene
+from pixelwizard.training.render import GRAIN, grain, object_mask, render_scene
 from pixelwizard.training.scenes import COLOURS, MOTION_PHRASES, caption_words, is_held_out, pose, scene_for
 
 
@@ -191,3 +191,31 @@ def test_random_cells_are_the_same_at_every_output_size():
         shrunk = shrunk.transpose(0, 1)
         regular = SyntheticClips(5, 60, 1, 224, 128).clips([i])[0]  # the same scene with regular cells
         assert (shrunk - small.clips([i])[0]).abs().mean() < 0.02 < (shrunk - regular).abs().mean(), pattern
+
+
+def test_grain_offsets_each_background_cell_by_a_random_uniform_amount_and_leaves_the_object():
+    regular = SyntheticClips(6, 60, 3, 448, 256)
+    grainy = open_dataset("synthetic-grain", frames=3, width=448, height=256, size=60, seed=6)
+    assert isinstance(grainy, SyntheticClips) and grainy.grain and not grainy.random_cells
+    i = next(i for i in range(60) if regular.scene(i).pattern == "plain" and max(COLOURS[regular.scene(i).background]) < 200
+             and min(COLOURS[regular.scene(i).background]) > 55)  # no clamping at black or white
+    before, after = regular.clips([i])[0], grainy.clips([i])[0]
+    assert torch.equal(after, grainy.clips([i])[0])  # fixed by (seed, index)
+    cover = regular.object_masks([i], 448, 256)[0]
+    assert torch.allclose(before[:, cover == 1], after[:, cover == 1], atol=1e-5)  # the object is untouched
+    offset = (after - before) * 127.5  # 8-bit values
+    assert torch.allclose(offset[0], offset[1], atol=1e-3) and torch.allclose(offset[0], offset[2], atol=1e-3)  # grey
+    uncovered = (cover[0] == 0) & (cover[2] == 0)
+    assert torch.allclose(offset[:, 0][:, uncovered], offset[:, 2][:, uncovered], atol=1e-3)  # static: every frame alike
+    side, amplitude = GRAIN
+    cells = offset[0, 0, int(side) // 2 :: int(side), int(side) // 2 :: int(side)]  # one pixel per cell
+    visible = cover[0, int(side) // 2 :: int(side), int(side) // 2 :: int(side)] == 0
+    values = cells[visible]
+    assert values.abs().max() <= amplitude + 1e-3
+    assert values.mean().abs() < 2 and abs(values.std().item() - amplitude / 3**0.5) < 2  # uniform in +-amplitude
+    assert not cover[0, : int(side), : int(side)].any()
+    inside = offset[0, 0, : int(side), : int(side)]  # the first cell is one value throughout
+    assert torch.allclose(inside, inside[0, 0].expand_as(inside), atol=1e-3)
+    x, y = torch.arange(448.0).view(1, 448) + 0.5, torch.arange(256.0).view(256, 1) + 0.5
+    first, second = grain(x, y, 1), grain(x, y, 2)  # other seeds, unrelated grain
+    assert abs(torch.corrcoef(torch.stack([first.flatten(), second.flatten()]))[0, 1]) < 0.1

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from pixelwizard.default_model import default_model_path
 from pixelwizard.training.quality import main
 
 
@@ -14,17 +15,18 @@ def test_detail_only_table_on_the_random_cells_world(tmp_path):
     variants = tmp_path / "variants"  # empty: only the bundle's own (shortcut) detail model is measured
     variants.mkdir()
     out = tmp_path / "docs" / "quality-test.md"
-    main(["--variants", str(variants), "--out", str(out), "--clips", "1", "--steps", "1,2",
-          "--data", "synthetic-random-cells", "--release-factor", "--detail-only"])
+    main(["--model", str(default_model_path()), "--variants", str(variants), "--out", str(out), "--clips", "1",
+          "--steps", "1,2", "--data", "synthetic-random-cells", "--release-factor", "--detail-only"])
     report = out.read_text()
     raw = json.loads(out.with_suffix(".json").read_text())
     rows = {(r["model"], r["steps"]): r for r in raw["detail"]}
+    # --model names the bundle, so its model is labelled as the --model's, not as the shipped one
     assert set(rows) == {("ground truth", "-"), ("VAE reconstruction", "-"), ("anchor only, upsampled", "-"),
-                         ("shortcut (shipped)", 1), ("shortcut (shipped)", 2)}
+                         ("shortcut (--model)", 1), ("shortcut (--model)", 2)}
     assert math.isinf(rows[("ground truth", "-")]["PSNR"]) and rows[("ground truth", "-")]["SSIM"] == 1
-    two = rows[("shortcut (shipped)", 2)]
+    two = rows[("shortcut (--model)", 2)]
     assert 10 < two["PSNR"] < 60 and two["HD-MSE"] > 0
-    assert f"| shortcut (shipped) | 2 | {two['PSNR']:.2f} | {two['SSIM']:.4f} |" in report  # the table shows the JSON
+    assert f"| shortcut (--model) | 2 | {two['PSNR']:.2f} | {two['SSIM']:.4f} |" in report  # the table shows the JSON
     assert "random background cells" in report and "downsample factor [8, 16]" in report
     assert "## 2." not in report and raw["adherence"] is None
     assert (out.parent / "samples" / "quality-test-detail-comparison.png").stat().st_size > 0
@@ -59,9 +61,19 @@ def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moves right over a plain blue background\n")
     out = tmp_path / "docs" / "quality.md"
+    other = tmp_path / "quality-grain.json"  # another world's detail table (--also)
+    other_rows = [{**record["detail"][1], "model": "flow matching only", "HD-MSE": 0.0123}]
+    other.write_text(json.dumps({**record, "detail": other_rows, "detail_settings": "Detail table: 3 clips of grain.",
+                                 "sheets": {"detail sheet": ["grain.png"], "detail rows": ["truth, grain rows"]}}))
+    (tmp_path / "docs" / "samples" / "grain.png").write_bytes(b"grain sheet")
     main(["--detail-from", str(earlier), "--out", str(out), "--prompts", "1", "--samples", str(prompts),
-          "--compare-guidance", "1"])
+          "--compare-guidance", "1", "--also", str(other)])
     report = out.read_text()
+    section = report[report.index("## 4. Detail stage on other worlds"):]  # the last section, after the samples
+    assert "## 3. README sample prompts" in report[: report.index("## 4.")]
+    assert "### `quality-grain.json`" in section and "Detail table: 3 clips of grain." in section
+    assert "| flow matching only | 4 | 23.85 | 0.8345 | 0.0123 |" in section and "0.0123" not in report[: report.index("## 4.")]
+    assert "rows are: truth, grain rows" in section and "(samples/grain.png)" in section
     raw = json.loads(out.with_suffix(".json").read_text())
     assert raw["detail"] == record["detail"]  # copied as they were, with how they were measured
     for key in ("detail_command", "detail_settings", "sheets"):
@@ -104,6 +116,8 @@ def test_the_text_to_video_prompts_come_from_the_given_seed():
         (["--detail-from", "{good}", "--detail-only"], "error: --detail-from copies table 1, and --detail-only makes nothing else"),
         (["--detail-from", "{good}", "--variants", "{folder}"], "error: --variants names the models table 1 measures"),
         ([], "error: --variants is needed to measure table 1 (or copy it with --detail-from)"),
+        (["--detail-from", "{good}", "--also", "{missing}"], "error: {missing} does not exist"),
+        (["--detail-from", "{good}", "--also", "{no_sheet}"], "error: {no_sheet}: its contact sheet"),
     ],
 )
 def test_bad_table_sources_are_one_line_errors(tmp_path, args, message):

@@ -19,8 +19,18 @@ from pixelwizard.training.render import object_mask, render_scenes
 from pixelwizard.training.scenes import Split, scene_for
 
 
-# --data names that are not files -> whether their background cells are random (render.py)
-SYNTHETIC_WORLDS = {"synthetic": False, "synthetic-random-cells": True}
+# --data names that are not files -> the SyntheticClips options of that world (render.py draws them)
+SYNTHETIC_WORLDS = {
+    "synthetic": {},
+    "synthetic-random-cells": {"random_cells": True},
+    "synthetic-grain": {"grain": True},
+}
+# How the quality table names each world's clips
+WORLD_NAMES = {
+    "synthetic": "",
+    "synthetic-random-cells": " of the world with random background cells",
+    "synthetic-grain": " of the world with background grain",
+}
 
 
 class DatasetError(ValueError):
@@ -45,7 +55,8 @@ class ClipSource(Protocol):
 class SyntheticClips:
     """``size`` synthetic clips from the dataset ``seed`` (clip i is the same scene everywhere).
 
-    ``random_cells``: backgrounds with random cells (render.py), fine detail the anchor cannot carry.
+    ``random_cells``: backgrounds with random cells (render.py), fine detail the anchor cannot carry;
+    ``grain``: background grain, fine detail that the noise hides until late in sampling.
     """
 
     seed: int
@@ -55,6 +66,7 @@ class SyntheticClips:
     height: int
     split: Split = "train"
     random_cells: bool = False
+    grain: bool = False
 
     def __len__(self) -> int:
         return self.size
@@ -66,8 +78,9 @@ class SyntheticClips:
         return self.scene(index).caption
 
     def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
-        seeds = [self.seed * 1_000_003 + i for i in indices] if self.random_cells else None
-        return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device, seeds)
+        seeds = [self.seed * 1_000_003 + i for i in indices]
+        return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device,
+                             seeds if self.random_cells else None, seeds if self.grain else None)
 
     def object_masks(self, indices: Sequence[int], width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Object coverage of each clip at ``width`` x ``height``, (B, frames, height, width) in [0, 1]."""
@@ -145,9 +158,8 @@ class RealClips:
 
 
 def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, seed: int) -> ClipSource:
-    """'synthetic' (``size`` clips of dataset ``seed``), 'synthetic-random-cells' (the same scenes with
-    random background cells) or the path of a captions JSON Lines file."""
+    """'synthetic' (``size`` clips of dataset ``seed``), 'synthetic-random-cells' or 'synthetic-grain' (the
+    same scenes with random background cells or background grain) or the path of a captions JSON Lines file."""
     if data in SYNTHETIC_WORLDS:
-        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height,
-                              random_cells=SYNTHETIC_WORLDS[data])
+        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height, **SYNTHETIC_WORLDS[data])
     return RealClips(data, frames=frames, width=width, height=height)

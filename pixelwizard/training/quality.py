@@ -5,11 +5,12 @@
 2. The full two-stage pipeline from text alone: how often the rendered object has the prompted
    colour, shape and motion (pixelwizard.metrics.attributes).
 3. The README sample prompts: wall time on this machine and contact sheets (PNG).
+4. With ``--also``: detail tables that earlier runs of this script measured on other worlds.
 
     python -m pixelwizard.training.quality --variants DIR --out docs/quality.md
 
-``--detail-only`` makes table 1 alone (``--data synthetic-random-cells``: on the world with random
-background cells, for detail models trained on it). ``--detail-from docs/quality.json`` copies table 1
+``--detail-only`` makes table 1 alone (``--data synthetic-random-cells`` or ``synthetic-grain``: on the
+world with random background cells or background grain, for models trained on it). ``--detail-from docs/quality.json`` copies table 1
 from an earlier run instead of measuring it again, for a change that leaves its inputs (VAE, text
 encoder, detail models) as they were, such as a new anchor model.
 """
@@ -21,7 +22,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from pixelwizard.metrics.attributes import analyse
 from pixelwizard.metrics.fidelity import hd_mse, psnr, ssim, temporal_flicker
 from pixelwizard.presets import Preset, get_preset
 from pixelwizard.sampling import sample
-from pixelwizard.training.datasets import SYNTHETIC_WORLDS, SyntheticClips
+from pixelwizard.training.datasets import SYNTHETIC_WORLDS, WORLD_NAMES, SyntheticClips
 from pixelwizard.training.degrade import degrade, scaled_degradation
 from pixelwizard.training.latents import encode_clips, resize_latent
 
@@ -50,7 +51,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("shortcut (shipped)", None, False),
+    Variant("shortcut (shipped)", None, False),  # "shortcut (--model)" when --model names another bundle
     Variant("flow matching only", "fm_only", True),
     Variant("ablation: uniform k", "uniform_k", False),
     Variant("ablation: fixed-grid dt", "fixed_dt", False),
@@ -113,12 +114,12 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def detail_table(
     pipe, variants_dir: Path, preset: Preset, clips: int, steps: list[int], solver: str, log, data: str = "synthetic",
-    release_factor: bool = False,
+    release_factor: bool = False, variants: tuple[Variant, ...] = VARIANTS,
 ) -> tuple[dict, list]:
     """Mean metrics per (variant, steps), plus reference rows and a few frames for a contact sheet."""
     source = SyntheticClips(EVAL_SEED, clips, preset.num_frames, preset.detail_width, preset.detail_height, "heldout",
-                            random_cells=SYNTHETIC_WORLDS[data])
-    models = {v.label: load_variant(pipe, v, variants_dir) for v in VARIANTS if v.folder is None or (variants_dir / v.folder).is_dir()}
+                            **SYNTHETIC_WORLDS[data])
+    models = {v.label: load_variant(pipe, v, variants_dir) for v in variants if v.folder is None or (variants_dir / v.folder).is_dir()}
     results: dict[tuple[str, int | str], list[dict[str, float]]] = {}
     sheet = []
     for i in range(clips):
@@ -134,7 +135,7 @@ def detail_table(
         ).transpose(0, 1)
         results.setdefault(("anchor only, upsampled", "-"), []).append(fidelity(to_uint8_frames(upsampled), truth))
         picks = {"truth": truth}
-        for variant in VARIANTS:
+        for variant in variants:
             if variant.label not in models:
                 continue
             for n in steps:
@@ -142,7 +143,7 @@ def detail_table(
                                        flow_matching=variant.flow_matching, solver=solver)
                 frames = pipe.decode(latent)
                 results.setdefault((variant.label, n), []).append(fidelity(frames, truth))
-                if n == 4 and variant.label in (VARIANTS[0].label, VARIANTS[1].label):
+                if n == 4 and variant.label in (variants[0].label, variants[1].label):
                     picks[f"{variant.label}, 4 steps"] = frames
         sheet.append(picks)
         log(f"detail: clip {i + 1}/{clips} done")
@@ -244,11 +245,35 @@ def earlier_detail_table(path: Path) -> EarlierTable:
     return table
 
 
+def _table_rows(detail: dict) -> list[str]:
+    """Markdown rows of a detail table, one per (model, steps)."""
+    return ["| model | steps | PSNR dB | SSIM | HD-MSE | flicker |", "| --- | --- | --- | --- | --- | --- |"] + [
+        f"| {label} | {steps} | {m['PSNR']:.2f} | {m['SSIM']:.4f} | {m['HD-MSE']:.3g} | {m['flicker']:.3g} |"
+        for (label, steps), m in detail.items()
+    ]
+
+
+def _other_tables(others: dict[Path, EarlierTable], section: int) -> list[str]:
+    """The last section: detail tables of other worlds (``--also``), as their runs of this script measured them."""
+    if not others:
+        return []
+    lines = ["", f"## {section}. Detail stage on other worlds (models trained for them, not shipped)", "",
+             "Copied from other runs of this script (`--also`); docs/training.md says how their models were trained.", ""]
+    for path, table in others.items():
+        lines += [f"### `{path.name}`", "", table.settings, "",
+                  *([f"Measured with `{table.command}`.", ""] if table.command else []),
+                  *_table_rows(table.rows), "",
+                  "Frames 0, 4, 8, 12, 16; per clip, rows are: " + table.sheets["detail rows"][0], "",
+                  f"![{path.stem} detail stage comparison](samples/{table.sheets['detail sheet'][0]})", ""]
+    return lines
+
+
 def write_report(
     out: Path, command: str, detail: dict, sheets: dict[str, list[str]], settings: dict,
-    adherence: dict | None = None, samples=None,
+    adherence: dict | None = None, samples=None, others: dict[Path, EarlierTable] | None = None,
 ) -> None:
-    """docs/quality.md: table 1, then (unless ``adherence`` is None) the text-to-video table and the samples."""
+    """docs/quality.md: table 1, then (unless ``adherence`` is None) the text-to-video table and the samples, then
+    the ``others`` (``--also``) tables."""
     lines = [
         "# Quality of the tiny PixelWizard models",
         "",
@@ -267,15 +292,12 @@ def write_report(
         "ground-truth clip (higher is better); HD-MSE (SPEC.md 8) is the amount of fine detail, to be",
         "compared with the ground truth's; flicker is the mean absolute second temporal difference.",
         "",
-        "| model | steps | PSNR dB | SSIM | HD-MSE | flicker |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *_table_rows(detail),
     ]
-    for (label, steps), m in detail.items():
-        lines.append(f"| {label} | {steps} | {m['PSNR']:.2f} | {m['SSIM']:.4f} | {m['HD-MSE']:.3g} | {m['flicker']:.3g} |")
     lines += ["", "Frames 0, 4, 8, 12, 16; per clip, rows are: " + sheets["detail rows"][0], "",
               f"![detail stage comparison](samples/{sheets['detail sheet'][0]})", ""]
     if adherence is None:
-        out.write_text("\n".join(lines))
+        out.write_text("\n".join(lines + _other_tables(others or {}, 2)))
         return
     lines += [
         "",
@@ -304,7 +326,7 @@ def write_report(
     ]
     for prompt, path in made:
         lines += [f"**{prompt}**", "", f"![{prompt}]({Path(path).relative_to(out.parent)})", ""]
-    out.write_text("\n".join(lines))
+    out.write_text("\n".join(lines + _other_tables(others or {}, 4)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(its VAE, text encoder and detail models must be the bundle's; the options that shape "
                              "table 1 then do not apply)")
     parser.add_argument("--out", type=Path, default=Path("docs/quality.md"))
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="add this earlier run's table 1 (its JSON; a detail table of another world) as the last "
+                             "section; may be given more than once")
     parser.add_argument("--clips", type=int, default=12, help="held-out clips for the detail table")
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts for the text-to-video table")
     parser.add_argument("--steps", default="1,2,4,8,32")
@@ -331,24 +356,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detail-only", action="store_true",
                         help="table 1 only (no text-to-video, no samples); its sheet is samples/<out name>-detail-comparison.png")
     args = parser.parse_args(argv)
-    copied = None
     sheet_dir = args.out.parent / "samples"
+
+    def earlier(path: Path) -> EarlierTable:
+        """An earlier run's table 1 whose contact sheet is in place, or a one-line error (exit code 2)."""
+        try:
+            table = earlier_detail_table(path)
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
+        sheet = sheet_dir / table.sheets["detail sheet"][0]
+        if not sheet.is_file():
+            parser.exit(2, f"error: {path}: its contact sheet {sheet} does not exist\n")
+        return table
+
+    copied = None
     if args.detail_from is not None:
         if args.detail_only:
             parser.exit(2, "error: --detail-from copies table 1, and --detail-only makes nothing else\n")
         if args.variants is not None:
             parser.exit(2, "error: --variants names the models table 1 measures, and --detail-from copies table 1\n")
-        try:
-            copied = earlier_detail_table(args.detail_from)
-        except ValueError as exc:
-            parser.exit(2, f"error: {exc}\n")
-        earlier_sheet = sheet_dir / copied.sheets["detail sheet"][0]
-        if not earlier_sheet.is_file():
-            parser.exit(2, f"error: {args.detail_from}: its contact sheet {earlier_sheet} does not exist\n")
+        copied = earlier(args.detail_from)
     elif args.variants is None:
         parser.exit(2, "error: --variants is needed to measure table 1 (or copy it with --detail-from)\n")
     elif not args.variants.is_dir():
         parser.exit(2, f"error: variants folder {args.variants} does not exist\n")
+    others = {path: earlier(path) for path in args.also}
 
     from pixelwizard.bundle import load_bundle
     from pixelwizard.default_model import default_model_path
@@ -361,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     steps = [int(s) for s in args.steps.split(",")]
     table_settings = (
-        f"{args.clips} clips" + (" of the world with random background cells" if SYNTHETIC_WORLDS[args.data] else "")
+        f"{args.clips} clips" + WORLD_NAMES[args.data]
         + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor
            else ", anchors with SPEC.md's downsample factor scaled to the preset")
     ) if copied is None else "copied from an earlier run (section 1 says which)"
@@ -383,8 +415,9 @@ def main(argv: list[str] | None = None) -> None:
             f"encoder and detail models (table 1 does not use the anchor model). Its settings: {table_note}"
             + (f" It was measured with `{table_command}`." if table_command else ""))
     else:
+        variants = VARIANTS if args.model is None else (replace(VARIANTS[0], label="shortcut (--model)"), *VARIANTS[1:])
         detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
-                                     args.release_factor)
+                                     args.release_factor, variants)
         sheet_dir.mkdir(parents=True, exist_ok=True)
         contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / sheet_name)
         sheets = {"detail rows": [", ".join(sheet[0])], "detail sheet": [sheet_name]}
@@ -396,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         adherence, examples = adherence_table(pipe, preset, args.prompts, guidances, log)
         contact_sheet([frames for _, frames in examples]).save(sheet_dir / "heldout-text-to-video.png")
         sheets["held-out captions"] = [caption for caption, _ in examples]
-    write_report(args.out, command, detail, sheets, settings, adherence, samples)
+    write_report(args.out, command, detail, sheets, settings, adherence, samples, others)
     raw = {"detail_command": table_command, "detail_settings": table_note,
            "sheets": {k: sheets[k] for k in ("detail sheet", "detail rows")},
            "detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],

@@ -7,6 +7,8 @@ Textures live in the object's own frame: they move, turn and grow with it.
 With a ``cell_seed`` the background's cells are random instead of regular (each check and each
 stripe shaded or not by a coin flip, each dot displaced within its cell): fine detail that no
 anchor can carry, so the detail stage must generate it rather than infer it (docs/training.md).
+A ``grain_seed`` adds grain: small square cells of random brightness over the whole
+background, too fine and too faint to be decided before the last of a few sampling steps.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BACKGROUND_DOT = (16.0, 3.5)  # period, radius
 OBJECT_STRIPE = (14.0, 0.4)  # period, duty
 OBJECT_DOT = (14.0, 3.5)  # period, radius
 OUTLINE_WIDTH = 5.0
+GRAIN = (6.0, 32.0)  # grain cell side (reference pixels), largest brightness offset (8-bit values)
 CELL_TABLE = 128  # random values per row/column of cells: more than any pattern has on the reference canvas
 STAR_INNER = 0.5  # inner radius of the five-pointed star, as a fraction of the outer one
 
@@ -59,6 +62,12 @@ def _random_pattern(pattern: str, x: torch.Tensor, y: torch.Tensor, pixel: float
     jitter_x = (_cell_values(seed, cell_y, cell_x, 2) * 2 - 1) * reach
     jitter_y = (_cell_values(seed, cell_y, cell_x, 3) * 2 - 1) * reach
     return _dots(x - jitter_x, y - jitter_y, period, radius, pixel)
+
+
+def grain(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    """Brightness offset (8-bit values) of the grain cell under each reference coordinate, uniform in +-GRAIN[1]."""
+    side, amplitude = GRAIN
+    return (_cell_values(seed, (y / side).long(), (x / side).long(), 4) * 2 - 1) * amplitude
 
 
 def background_pattern(
@@ -143,14 +152,17 @@ def _object_frame(scene: Scene, frames: int, x: torch.Tensor, y: torch.Tensor, p
 
 def render_scene(
     scene: Scene, frames: int, width: int, height: int, device: torch.device | str = "cpu",
-    cell_seed: int | None = None,
+    cell_seed: int | None = None, grain_seed: int | None = None,
 ) -> torch.Tensor:
-    """The clip of one scene, (3, frames, height, width) in [-1, 1]; ``cell_seed``: random background cells."""
+    """The clip of one scene, (3, frames, height, width) in [-1, 1]; ``cell_seed``: random background cells,
+    ``grain_seed``: background grain."""
     device = torch.device(device)
     x, y, pixel = _canvas_coordinates(width, height, device)
     background = _rgb(scene.background, device)
     pattern = background_pattern(scene.pattern, x, y, pixel, cell_seed)
     canvas = background + (_rgb(shade(COLOURS[scene.background]), device) - background) * pattern
+    if grain_seed is not None:
+        canvas = (canvas + grain(x, y, grain_seed)).clamp(0, 255)
 
     qx, qy, edge, local_pixel = _object_frame(scene, frames, x, y, pixel)
     cover = (0.5 - edge * local_pixel).clamp(0, 1)
@@ -171,9 +183,12 @@ def object_mask(scene: Scene, frames: int, width: int, height: int, device: torc
 
 def render_scenes(
     scenes: list[Scene], frames: int, width: int, height: int, device: torch.device | str = "cpu",
-    cell_seeds: list[int] | None = None,
+    cell_seeds: list[int] | None = None, grain_seeds: list[int] | None = None,
 ) -> torch.Tensor:
-    """A batch of clips, (B, 3, frames, height, width) in [-1, 1]; ``cell_seeds``: one per scene, or None."""
-    seeds = cell_seeds if cell_seeds is not None else [None] * len(scenes)
-    return torch.stack([render_scene(s, frames, width, height, device, c) for s, c in zip(scenes, seeds, strict=True)])
+    """A batch of clips, (B, 3, frames, height, width) in [-1, 1]; ``cell_seeds`` and ``grain_seeds``: one per
+    scene, or None."""
+    cells = cell_seeds if cell_seeds is not None else [None] * len(scenes)
+    grains = grain_seeds if grain_seeds is not None else [None] * len(scenes)
+    return torch.stack([render_scene(s, frames, width, height, device, c, g)
+                        for s, c, g in zip(scenes, cells, grains, strict=True)])
 
