@@ -19,17 +19,18 @@ from pixelwizard.training.render import object_mask, render_scenes
 from pixelwizard.training.scenes import Split, scene_for
 
 
-# --data names that are not files -> the SyntheticClips options of that world (render.py draws them)
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """A --data name that is not a file: the SyntheticClips options that draw it, and how tables name its clips."""
+
+    options: dict
+    description: str
+
+
 SYNTHETIC_WORLDS = {
-    "synthetic": {},
-    "synthetic-random-cells": {"random_cells": True},
-    "synthetic-grain": {"grain": True},
-}
-# How the quality table names each world's clips
-WORLD_NAMES = {
-    "synthetic": "",
-    "synthetic-random-cells": " of the world with random background cells",
-    "synthetic-grain": " of the world with background grain",
+    "synthetic": SyntheticWorld({}, ""),
+    "synthetic-random-cells": SyntheticWorld({"random_cells": True}, " of the world with random background cells"),
+    "synthetic-grain": SyntheticWorld({"grain": True}, " of the world with background grain"),
 }
 
 
@@ -161,5 +162,5 @@ def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, 
     """'synthetic' (``size`` clips of dataset ``seed``), 'synthetic-random-cells' or 'synthetic-grain' (the
     same scenes with random background cells or background grain) or the path of a captions JSON Lines file."""
     if data in SYNTHETIC_WORLDS:
-        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height, **SYNTHETIC_WORLDS[data])
+        return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height, **SYNTHETIC_WORLDS[data].options)
     return RealClips(data, frames=frames, width=width, height=height)

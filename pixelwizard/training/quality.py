@@ -34,7 +34,7 @@ from pixelwizard.metrics.attributes import analyse
 from pixelwizard.metrics.fidelity import hd_mse, psnr, ssim, temporal_flicker
 from pixelwizard.presets import Preset, get_preset
 from pixelwizard.sampling import sample
-from pixelwizard.training.datasets import SYNTHETIC_WORLDS, WORLD_NAMES, SyntheticClips
+from pixelwizard.training.datasets import SYNTHETIC_WORLDS, SyntheticClips
 from pixelwizard.training.degrade import degrade, scaled_degradation
 from pixelwizard.training.latents import encode_clips, resize_latent
 
@@ -118,7 +118,7 @@ def detail_table(
 ) -> tuple[dict, list]:
     """Mean metrics per (variant, steps), plus reference rows and a few frames for a contact sheet."""
     source = SyntheticClips(EVAL_SEED, clips, preset.num_frames, preset.detail_width, preset.detail_height, "heldout",
-                            **SYNTHETIC_WORLDS[data])
+                            **SYNTHETIC_WORLDS[data].options)
     models = {v.label: load_variant(pipe, v, variants_dir) for v in variants if v.folder is None or (variants_dir / v.folder).is_dir()}
     results: dict[tuple[str, int | str], list[dict[str, float]]] = {}
     sheet = []
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     steps = [int(s) for s in args.steps.split(",")]
     table_settings = (
-        f"{args.clips} clips" + WORLD_NAMES[args.data]
+        f"{args.clips} clips" + SYNTHETIC_WORLDS[args.data].description
         + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor
            else ", anchors with SPEC.md's downsample factor scaled to the preset")
     ) if copied is None else "copied from an earlier run (section 1 says which)"
