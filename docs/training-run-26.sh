@@ -1,0 +1,40 @@
+# Raw record of run 26 (docs/training.md): run 25's pair on the world with background grain, after SPEC.md 7's warm
+# start. First the VAE on the grain world (or VAE_FROM), the latent cache, then flow matching alone from the shipped
+# detail model on that cache (WARM_SECONDS, or WARM_FROM: a returned detail transformer), and from that warm start the
+# shortcut model and flow matching only side by side, both at lr 3e-4, the shortcut model with run 25's settings
+# (--sc-prob 0.5, starts 500 to 1000). The two differ only in the objective of their last phase. A later job takes
+# RESUME_FROM, a folder holding each branch's returned detail transformer (NAME/), and trains each branch on from it.
+# Nothing here changes the shipped bundle. Runs in the background (setsid), watched by docs/training-wait.sh. A CPU check:
+#   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 VAE_BATCH=2 W=/tmp/w26 O=/tmp/o26 bash docs/training-run-26.sh
+. docs/training-driver.sh
+returns detail_transformer shortcut fm_only
+if [ -n "${VAE_FROM:-}" ]; then  # the shipped bundle with that VAE
+  cp -r $B $W/vae_grain && rm -r $W/vae_grain/vae && cp -r $VAE_FROM $W/vae_grain/vae
+else
+  returns vae vae_grain
+  train vae vae --model $B --out $W/vae_grain --data synthetic-grain --lr 2e-4 --warmup 50 --lr-decay cosine \
+    --frames 9 --crop 96x160 --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-160} \
+    || exit 1
+fi
+train encode encode --model $W/vae_grain --out $W/cache.pt --data synthetic-grain --release-factor --seed 1 \
+  --clips ${CLIPS:-6144} --batch-size 32 || exit 1
+with() {  # with NAME FOLDER: the grain bundle with FOLDER as its detail transformer, at $W/NAME
+  rm -rf $W/$1 && cp -r $W/vae_grain $W/$1 && rm -r $W/$1/detail_transformer && cp -r $2 $W/$1/detail_transformer
+}
+if [ -n "${RESUME_FROM:-}" ]; then
+  with start_shortcut $RESUME_FROM/shortcut && with start_fm_only $RESUME_FROM/fm_only || exit 1
+elif [ -n "${WARM_FROM:-}" ]; then
+  with warmstart $WARM_FROM || exit 1
+else
+  returns detail_transformer warmstart
+  compiled warmstart detail --model $W/vae_grain --latents $W/cache.pt --out $W/warmstart --sc-prob 0 \
+    --batch-size ${BATCH:-32} --lr 3e-4 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-240} \
+    --snapshot-every ${SNAPSHOT_SECONDS:-60} || exit 1
+fi
+model() {  # after detail_branch's own --model and --lr, so these win: the start and RESUME_LR (default 3e-4)
+  [ -n "${RESUME_FROM:-}" ] && echo "--model $W/start_$1 --lr ${RESUME_LR:-3e-4}"
+}
+detail_branch shortcut --lr 3e-4 --sc-prob 0.5 --sc-starts 500,600,700,800,900,1000 $(model shortcut) &
+detail_branch fm_only --lr 3e-4 --sc-prob 0 $(model fm_only) &
+wait
+finish
