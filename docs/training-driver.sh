@@ -26,6 +26,19 @@ finish() {  # the returned models, the logs in $W/logs.tgz, then DONE
   pack_logs
   touch $W/DONE
 }
+grain_cache() {  # grain_cache SECONDS: the grain world's VAE at $W/vae_grain (the shipped bundle with VAE_FROM's VAE, or
+  # the shipped VAE trained on for VAE_SECONDS, default SECONDS, and returned) and its latent cache $W/cache.pt (runs 25, 26)
+  if [ -n "${VAE_FROM:-}" ]; then
+    cp -r $B $W/vae_grain && rm -r $W/vae_grain/vae && cp -r $VAE_FROM $W/vae_grain/vae || return 1
+  else
+    returns vae vae_grain
+    train vae vae --model $B --out $W/vae_grain --data synthetic-grain --lr 2e-4 --warmup 50 --lr-decay cosine \
+      --frames 9 --crop 96x160 --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-$1} \
+      || return 1
+  fi
+  train encode encode --model $W/vae_grain --out $W/cache.pt --data synthetic-grain --release-factor --seed 1 \
+    --clips ${CLIPS:-6144} --batch-size 32
+}
 detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPTIONS on every command: a flow-matching warm
   # start from fresh weights, then the shortcut model, flow matching only and the three ablations started side by side
   # in the background (the caller waits)

@@ -8,16 +8,7 @@
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 VAE_BATCH=2 W=/tmp/w26 O=/tmp/o26 bash docs/training-run-26.sh
 . docs/training-driver.sh
 returns detail_transformer shortcut fm_only
-if [ -n "${VAE_FROM:-}" ]; then  # the shipped bundle with that VAE
-  cp -r $B $W/vae_grain && rm -r $W/vae_grain/vae && cp -r $VAE_FROM $W/vae_grain/vae
-else
-  returns vae vae_grain
-  train vae vae --model $B --out $W/vae_grain --data synthetic-grain --lr 2e-4 --warmup 50 --lr-decay cosine \
-    --frames 9 --crop 96x160 --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-160} \
-    || exit 1
-fi
-train encode encode --model $W/vae_grain --out $W/cache.pt --data synthetic-grain --release-factor --seed 1 \
-  --clips ${CLIPS:-6144} --batch-size 32 || exit 1
+grain_cache 160 || exit 1
 with() {  # with NAME FOLDER: the grain bundle with FOLDER as its detail transformer, at $W/NAME
   rm -rf $W/$1 && cp -r $W/vae_grain $W/$1 && rm -r $W/$1/detail_transformer && cp -r $2 $W/$1/detail_transformer
 }
