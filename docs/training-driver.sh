@@ -26,10 +26,13 @@ finish() {  # the returned models, the logs in $W/logs.tgz, then DONE
   pack_logs
   touch $W/DONE
 }
+replaced() {  # replaced NAME BASE PART FOLDER: the bundle BASE with FOLDER as its PART, at $W/NAME
+  rm -rf $W/$1 && cp -r $2 $W/$1 && rm -r $W/$1/$3 && cp -r $4 $W/$1/$3
+}
 grain_cache() {  # grain_cache SECONDS: the grain world's VAE at $W/vae_grain (the shipped bundle with VAE_FROM's VAE, or
   # the shipped VAE trained on for VAE_SECONDS, default SECONDS, and returned) and its latent cache $W/cache.pt (runs 25, 26)
   if [ -n "${VAE_FROM:-}" ]; then
-    cp -r $B $W/vae_grain && rm -r $W/vae_grain/vae && cp -r $VAE_FROM $W/vae_grain/vae || return 1
+    replaced vae_grain $B vae $VAE_FROM || return 1
   else
     returns vae vae_grain
     train vae vae --model $B --out $W/vae_grain --data synthetic-grain --lr 2e-4 --warmup 50 --lr-decay cosine \

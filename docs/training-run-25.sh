@@ -11,10 +11,7 @@ returns detail_transformer shortcut fm_only
 grain_cache 200 || exit 1
 ln -sfn $W/vae_grain $W/warmstart  # without RESUME_FROM every branch starts from the shipped detail model
 start() {  # start NAME: the bundle a branch starts from, --model for detail_branch
-  if [ -n "${RESUME_FROM:-}" ]; then
-    cp -r $W/vae_grain $W/start_$1 && rm -r $W/start_$1/detail_transformer \
-      && cp -r $RESUME_FROM/$1 $W/start_$1/detail_transformer && echo "--model $W/start_$1"
-  fi
+  [ -n "${RESUME_FROM:-}" ] && replaced start_$1 $W/vae_grain detail_transformer $RESUME_FROM/$1 && echo "--model $W/start_$1"
 }
 detail_branch shortcut --lr 3e-4 --sc-prob 0.5 --sc-starts 500,600,700,800,900,1000 $(start shortcut) &
 detail_branch fm_only --lr 3e-4 --sc-prob 0 $(start fm_only) &

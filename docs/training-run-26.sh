@@ -9,9 +9,7 @@
 . docs/training-driver.sh
 returns detail_transformer shortcut fm_only
 grain_cache 160 || exit 1
-with() {  # with NAME FOLDER: the grain bundle with FOLDER as its detail transformer, at $W/NAME
-  rm -rf $W/$1 && cp -r $W/vae_grain $W/$1 && rm -r $W/$1/detail_transformer && cp -r $2 $W/$1/detail_transformer
-}
+with() { replaced $1 $W/vae_grain detail_transformer $2; }  # with NAME FOLDER: the grain bundle, FOLDER's detail model
 if [ -n "${RESUME_FROM:-}" ]; then
   with start_shortcut $RESUME_FROM/shortcut && with start_fm_only $RESUME_FROM/fm_only || exit 1
 elif [ -n "${WARM_FROM:-}" ]; then
