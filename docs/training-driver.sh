@@ -48,6 +48,10 @@ detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPT
   compiled warmstart detail --model $B --reinit --latents $W/cache.pt --out $W/warmstart --sc-prob 0 \
     --batch-size ${BATCH:-32} --lr 3e-4 --beta1 0.9 --warmup 200 --ema 0.99 --steps $STEPS --seed 3 \
     --max-seconds ${WARM_SECONDS:-200} "$@" || return 1
+  detail_branches "$@"
+}
+detail_branches() {  # detail_branches OPTIONS...: the shortcut model, flow matching only and the three ablations from
+  # $W/warmstart, side by side in the background (the caller waits), OPTIONS on each
   detail_branch shortcut "$@" &
   detail_branch fm_only --sc-prob 0 "$@" &
   detail_branch uniform_k --k-sampling uniform "$@" &

@@ -21,10 +21,6 @@ compiled anchor27 anchor --model $W/vae27 --latents $W/cache.pt --out $W/anchor2
 recipe="--clean-anchor-prob 0.5 --object-weight 4"
 compiled warmstart detail --model $W/vae27 --latents $W/cache.pt --out $W/warmstart --sc-prob 0 --batch-size ${BATCH:-32} \
   --lr 1e-4 --beta1 0.9 --warmup 100 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-150} $recipe || exit 1
-detail_branch shortcut $recipe &
-detail_branch fm_only --sc-prob 0 $recipe &
-detail_branch uniform_k --k-sampling uniform $recipe &
-detail_branch fixed_dt --dt-grid fixed $recipe &
-detail_branch no_calibration --no-calibration $recipe &
+detail_branches $recipe
 wait
 finish
