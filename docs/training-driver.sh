@@ -29,18 +29,23 @@ finish() {  # the returned models, the logs in $W/logs.tgz, then DONE
 replaced() {  # replaced NAME BASE PART FOLDER: the bundle BASE with FOLDER as its PART, at $W/NAME
   rm -rf $W/$1 && cp -r $2 $W/$1 && rm -r $W/$1/$3 && cp -r $4 $W/$1/$3
 }
+tuned_vae() {  # tuned_vae NAME DATA SECONDS CLIPS OPTIONS...: the shipped VAE trained on DATA for VAE_SECONDS (default
+  # SECONDS) with OPTIONS and returned, at $W/NAME, then its latent cache (latent_cache)
+  returns vae $1
+  train vae vae --model $B --out $W/$1 --data $2 --lr 2e-4 --warmup 50 --lr-decay cosine --frames 9 --crop 96x160 \
+    --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-$3} "${@:5}" || return 1
+  latent_cache $1 $2 $4
+}
+latent_cache() {  # latent_cache NAME DATA CLIPS: $W/cache.pt, CLIPS clips (or $CLIPS) of DATA encoded with the bundle $W/NAME
+  train encode encode --model $W/$1 --out $W/cache.pt --data $2 --release-factor --seed 1 --clips ${CLIPS:-$3} --batch-size 32
+}
 grain_cache() {  # grain_cache SECONDS: the grain world's VAE at $W/vae_grain (the shipped bundle with VAE_FROM's VAE, or
-  # the shipped VAE trained on for VAE_SECONDS, default SECONDS, and returned) and its latent cache $W/cache.pt (runs 25, 26)
+  # tuned_vae's) and its latent cache $W/cache.pt (runs 25, 26)
   if [ -n "${VAE_FROM:-}" ]; then
-    replaced vae_grain $B vae $VAE_FROM || return 1
+    replaced vae_grain $B vae $VAE_FROM && latent_cache vae_grain synthetic-grain 6144
   else
-    returns vae vae_grain
-    train vae vae --model $B --out $W/vae_grain --data synthetic-grain --lr 2e-4 --warmup 50 --lr-decay cosine \
-      --frames 9 --crop 96x160 --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-$1} \
-      || return 1
+    tuned_vae vae_grain synthetic-grain $1 6144
   fi
-  train encode encode --model $W/vae_grain --out $W/cache.pt --data synthetic-grain --release-factor --seed 1 \
-    --clips ${CLIPS:-6144} --batch-size 32
 }
 detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPTIONS on every command: a flow-matching warm
   # start from fresh weights, then the shortcut model, flow matching only and the three ablations started side by side

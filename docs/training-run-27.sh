@@ -8,13 +8,9 @@
 # Runs in the background (setsid), watched by docs/training-wait.sh. A CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 BATCH=2 VAE_BATCH=2 ANCHOR_BATCH=2 W=/tmp/w27 O=/tmp/o27 bash docs/training-run-27.sh
 . docs/training-driver.sh
-returns vae vae27
 returns transformer anchor27
 returns detail_transformer shortcut fm_only uniform_k fixed_dt no_calibration
-train vae vae --model $B --out $W/vae27 --data synthetic --scales 1,0.5 --lr 2e-4 --warmup 50 --lr-decay cosine \
-  --frames 9 --crop 96x160 --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-200} || exit 1
-train encode encode --model $W/vae27 --out $W/cache.pt --data synthetic --release-factor --seed 1 --clips ${CLIPS:-10240} \
-  --batch-size 32 || exit 1
+tuned_vae vae27 synthetic 200 10240 --scales 1,0.5 || exit 1
 compiled anchor27 anchor --model $W/vae27 --latents $W/cache.pt --out $W/anchor27 --batch-size ${ANCHOR_BATCH:-128} \
   --lr 1e-4 --seed 15 --warmup 200 --lr-decay cosine --ema 0.99 --object-weight 4 --steps $STEPS \
   --max-seconds ${ANCHOR_SECONDS:-760} --snapshot-every ${SNAPSHOT_SECONDS:-60} &
