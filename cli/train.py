@@ -97,8 +97,9 @@ def _open(model: str, device: str, seed: int):
         fail(str(exc))
 
 
-def _cache(path: Path, device: str, object_weight: float = 0.0):
-    """The latent cache at ``path``; an object weight needs the object masks only synthetic caches carry."""
+def _cache(path: Path, device: str, object_weight: float = 0.0, counterfactual: bool = False):
+    """The latent cache at ``path``; an object weight needs the object masks only synthetic caches carry, and
+    counterfactual anchors a cache encoded with them."""
     from pixelwizard.training.latents import LatentCache
 
     if not path.is_file():
@@ -109,6 +110,9 @@ def _cache(path: Path, device: str, object_weight: float = 0.0):
         fail(str(exc))
     if object_weight > 0 and cache.anchor_masks is None:
         fail(f"--object-weight needs object masks, and {path} has none (only synthetic data has them)")
+    if counterfactual and cache.counterfactual is None:
+        fail(f"--counterfactual-anchor-prob needs counterfactual anchors, and {path} has none "
+             "(encode synthetic data with --counterfactual-anchors)")
     return cache
 
 
@@ -245,6 +249,8 @@ def encode_command(
     batch_size: Batch = 16,
     release_factor: Annotated[bool, typer.Option(
         help="Anchor synthesis keeps SPEC.md's downsample factor [8, 16] instead of scaling it to the preset.")] = False,
+    counterfactual_anchors: Annotated[bool, typer.Option(
+        help="Also encode each clip's anchor with the object in another shape (synthetic data; see train detail).")] = False,
     device: Device = "auto",
     max_seconds: MaxSeconds = None,
     report: Report = None,
@@ -263,6 +269,8 @@ def encode_command(
         fail("clips and batch size must be at least 1")
     target = _setup(device)
     source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
+    if counterfactual_anchors and not hasattr(source, "counterfactual_clips"):
+        fail(f"--counterfactual-anchors needs synthetic data (it redraws the scene), not {data}")
     pipe = _open(model, target, seed)
 
     from pixelwizard.training.degrade import scaled_degradation
@@ -273,8 +281,7 @@ def encode_command(
     cache = build_latent_cache(
         pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),
         degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width, release_factor), seed=seed,
-        batch=batch_size,
-        max_seconds=max_seconds,
+        batch=batch_size, max_seconds=max_seconds, counterfactual=counterfactual_anchors,
     )
     cache.save(out)
     seconds = time.monotonic() - started
@@ -358,6 +365,9 @@ def train_detail_command(
     adapter_only: Annotated[bool, typer.Option(help="Train only the anchor injector and dt embedding.")] = False,
     clean_anchor_prob: Annotated[float, typer.Option(
         help="Share of samples conditioned on the clean anchor-size latent instead of SPEC.md 7's degraded one.")] = 0.0,
+    counterfactual_anchor_prob: Annotated[float, typer.Option(
+        help="Share of samples (after the clean-anchor choice) conditioned on the anchor with the object in another "
+             "shape, so that the caption decides it; needs a cache encoded with --counterfactual-anchors.")] = 0.0,
     object_weight: Annotated[float, typer.Option(
         help="Extra loss weight on the object's latent cells (synthetic caches carry its mask); 0 = off.")] = 0.0,
     reinit: Annotated[bool, typer.Option(help="Start the detail model from fresh weights (seed), keep the rest.")] = False,
@@ -390,8 +400,9 @@ def train_detail_command(
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing,
                   adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, snapshot_every=snapshot_every,
                   shortcut=shortcut, compile=compile,
-                  clean_anchor_prob=clean_anchor_prob, object_weight=object_weight)
-    cache = _cache(latents, target, object_weight)
+                  clean_anchor_prob=clean_anchor_prob, counterfactual_anchor_prob=counterfactual_anchor_prob,
+                  object_weight=object_weight)
+    cache = _cache(latents, target, object_weight, counterfactual_anchor_prob > 0)
     pipe = _open(model, target, seed)
     if reinit:
         from pixelwizard.training.checkpoints import fresh_copy

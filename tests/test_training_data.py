@@ -1,6 +1,8 @@
 """Training data: the synthetic world, anchor synthesis, and real captioned clips."""
 
+import dataclasses
 import json
+import random
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ from pixelwizard.training.datasets import DatasetError, RealClips, SyntheticClip
 from pixelwizard.training.degrade import RELEASE_FACTOR, RELEASE_KERNELS, RELEASE_SIGMA, degrade, scaled_degradation
 from pixelwizard.training.latents import latent_grid_mask
 from pixelwizard.training.render import GRAIN, grain, object_mask, render_scene
-from pixelwizard.training.scenes import COLOURS, MOTION_PHRASES, caption_words, is_held_out, pose, scene_for
+from pixelwizard.training.scenes import (
+    COLOURS, MOTION_PHRASES, caption_words, colour_distance, counterfactual, is_held_out, pose, scene_for, shade,
+)
 
 
 def test_clips_are_deterministic_by_seed_and_index():
@@ -219,3 +223,31 @@ def test_grain_offsets_each_background_cell_by_a_random_uniform_amount_and_leave
     x, y = torch.arange(448.0).view(1, 448) + 0.5, torch.arange(256.0).view(256, 1) + 0.5
     first, second = grain(x, y, 1), grain(x, y, 2)  # other seeds, unrelated grain
     assert abs(torch.corrcoef(torch.stack([first.flatten(), second.flatten()]))[0, 1]) < 0.1
+
+
+def test_a_counterfactual_scene_changes_the_shape_and_sometimes_the_colour_and_nothing_else():
+    changed_colour = 0
+    for index in range(200):
+        scene = scene_for(3, index)
+        other = counterfactual(scene, random.Random(index))
+        assert other.shape != scene.shape
+        assert other == dataclasses.replace(scene, shape=other.shape, colour=other.colour)  # place, motion, texture kept
+        background = COLOURS[other.background]
+        assert min(colour_distance(COLOURS[other.colour], c) for c in (background, shade(background))) >= 90
+        if other.texture_colour is not None:
+            assert colour_distance(COLOURS[other.colour], COLOURS[other.texture_colour]) >= 90
+        changed_colour += other.colour != scene.colour
+    assert 70 < changed_colour < 130  # about half
+
+
+def test_counterfactual_clips_redraw_only_the_object_and_follow_seed_and_index():
+    source = SyntheticClips(4, 20, 5, 128, 64)
+    same, other = source.clips([2, 5]), source.counterfactual_clips([2, 5])
+    assert torch.equal(other, source.counterfactual_clips([2, 5])) and other.shape == same.shape
+    for k, i in enumerate([2, 5]):
+        scene = source.scene(i)
+        redrawn = counterfactual(scene, random.Random(f"pixelwizard-counterfactual:4:{i}"))
+        assert torch.equal(other[k], render_scene(redrawn, 5, 128, 64))
+        outside = (source.object_masks([i], 128, 64)[0] == 0) & (object_mask(redrawn, 5, 128, 64) == 0)
+        assert torch.equal(same[k][:, outside], other[k][:, outside])  # the background is untouched
+        assert not torch.equal(same[k], other[k])

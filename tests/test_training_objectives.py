@@ -118,15 +118,15 @@ def test_cfg_dropout_drops_prompt_and_anchor_together():
     assert torch.equal(none[0], embeds) and torch.equal(none[1], anchor)
 
 
-def test_clean_anchor_mix_swaps_whole_samples_with_its_probability():
+def test_anchor_mix_swaps_whole_samples_with_its_probability():
     synthesised, clean = torch.zeros(400, 2, 1, 2, 3), torch.ones(400, 2, 1, 2, 3)
-    assert obj.mix_clean_anchors(synthesised, clean, 0.0, torch.Generator()) is synthesised
-    assert torch.equal(obj.mix_clean_anchors(synthesised, clean, 1.0, torch.Generator()), clean)
-    mixed = obj.mix_clean_anchors(synthesised, clean, 0.25, torch.Generator().manual_seed(0))
+    assert obj.mix_anchors(synthesised, clean, 0.0, torch.Generator()) is synthesised
+    assert torch.equal(obj.mix_anchors(synthesised, clean, 1.0, torch.Generator()), clean)
+    mixed = obj.mix_anchors(synthesised, clean, 0.25, torch.Generator().manual_seed(0))
     per_sample = mixed.flatten(1)
     assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)  # each sample is one or the other
     assert 0.18 < float(per_sample[:, 0].mean()) < 0.32
-    again = obj.mix_clean_anchors(synthesised, clean, 0.25, torch.Generator().manual_seed(0))
+    again = obj.mix_anchors(synthesised, clean, 0.25, torch.Generator().manual_seed(0))
     assert torch.equal(mixed, again)
 
 

@@ -26,7 +26,8 @@ def pipe():
 @pytest.fixture(scope="module")
 def cache(pipe):
     source = SyntheticClips(seed=0, size=16, frames=5, width=128, height=64)
-    return build_latent_cache(pipe, source, count=16, anchor_size=(64, 32), degradation=scaled_degradation(128, 64), seed=0)
+    return build_latent_cache(pipe, source, count=16, anchor_size=(64, 32), degradation=scaled_degradation(128, 64), seed=0,
+                              counterfactual=True)
 
 
 def first_and_last(history, kind):
@@ -182,6 +183,9 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
         (["detail", "--latents", "{cache}", "--clean-anchor-prob", "1.5"], "clean anchor share must lie in [0, 1]"),
         (["detail", "--latents", "{cache}", "--object-weight", "-1"], "object weight must be >= 0"),
+        (["detail", "--latents", "{cache}", "--counterfactual-anchor-prob", "-0.1"],
+         "counterfactual anchor share must lie in [0, 1]"),
+        (["encode", "--data", "{good}", "--counterfactual-anchors"], "needs synthetic data"),
         (["anchor", "--latents", "{cache}", "--snapshot-every", "0"], "snapshot interval must be > 0 seconds"),
         (["vae", "--scales", "1,0"], "scale 0.0 must lie in (0, 1]"),
         (["anchor", "--latents", "{cache}", "--layers", "6"], "add --reinit"),
@@ -197,10 +201,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(bundle_and_cache
     bad = tmp_path / "captions.jsonl"
     bad.write_text('{"video": "a.mp4", "caption": "x"}\n{"video": \n')
     (tmp_path / "a.mp4").write_bytes(b"")
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"video": "a.mp4", "caption": "x"}\n')
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("previous checkpoint")
-    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad)
+    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad, good=good)
     args = [a.format(**fill) for a in args]
     result = invoke(*args, "--model", bundle, "--out", out, "--device", "cpu")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -298,6 +304,39 @@ def test_detail_training_on_clean_anchors_with_object_weight_feeds_them_and_lear
     without = dataclasses.replace(cache, anchor_masks=None)
     with pytest.raises(ValueError, match="object masks"):
         train_detail(pipe.detail_transformer, without, frozen(pipe, cache), cfg, lambda _: None)
+
+
+def test_counterfactual_anchors_replace_their_share_of_samples_keeping_caption_and_target(pipe, cache):
+    """--counterfactual-anchor-prob 1 conditions every sample on the object redrawn in another shape."""
+    assert cache.counterfactual.shape == cache.anchors.shape and not torch.equal(cache.counterfactual, cache.anchors)
+    seen = []
+    hook = pipe.detail_transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["anchor"].detach().clone()), with_kwargs=True)
+    cfg = TrainConfig(steps=30, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, cfg_dropout=0.0,
+                      clean_anchor_prob=0.5, counterfactual_anchor_prob=1.0,
+                      shortcut=ShortcutConfig(sc_prob=0.0)).validate()
+    try:
+        result = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None)
+    finally:
+        hook.remove()
+    first, last = first_and_last(result.history, "fm")
+    assert result.steps == 30 and last < first
+    others = cache.counterfactual.float().flatten(1)
+    for sample in torch.cat(seen).flatten(1):
+        assert torch.isclose(others, sample, atol=1e-3).all(1).any()
+    with pytest.raises(ValueError, match="counterfactual-anchors"):
+        train_detail(pipe.detail_transformer, dataclasses.replace(cache, counterfactual=None), frozen(pipe, cache), cfg,
+                     lambda _: None)
+
+
+def test_counterfactual_anchors_missing_from_the_cache_is_a_one_line_error(bundle_and_cache, cache, tmp_path):
+    bundle, _ = bundle_and_cache
+    dataclasses.replace(cache, counterfactual=None).save(tmp_path / "plain.pt")
+    result = invoke("detail", "--model", bundle, "--latents", tmp_path / "plain.pt", "--out", tmp_path / "out",
+                    "--counterfactual-anchor-prob", "0.3", "--device", "cpu")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--counterfactual-anchors" in lines[0], result.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("command", ["anchor", "detail"])

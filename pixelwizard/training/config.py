@@ -84,6 +84,7 @@ class TrainConfig:
     adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
     object_weight: float = 0.0  # extra loss weight on the object's latent cells (0 = off; synthetic caches)
     clean_anchor_prob: float = 0.0  # detail model: share of samples conditioned on the clean anchor, not SPEC.md 7's
+    counterfactual_anchor_prob: float = 0.0  # detail model: share conditioned on an anchor whose object has another shape
     log_every: int = 25
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
@@ -104,6 +105,8 @@ class TrainConfig:
                f"snapshot interval must be > 0 seconds, got {self.snapshot_every}")
         _check(self.object_weight >= 0, f"object weight must be >= 0, got {self.object_weight}")
         _check(0 <= self.clean_anchor_prob <= 1, f"clean anchor share must lie in [0, 1], got {self.clean_anchor_prob}")
+        _check(0 <= self.counterfactual_anchor_prob <= 1,
+               f"counterfactual anchor share must lie in [0, 1], got {self.counterfactual_anchor_prob}")
         _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
         self.shortcut.validate()

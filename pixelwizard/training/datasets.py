@@ -7,6 +7,7 @@ trains from scratch on synthetic data and fine-tunes on real data.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelwizard.training.render import object_mask, render_scenes
-from pixelwizard.training.scenes import Split, scene_for
+from pixelwizard.training.scenes import Split, counterfactual, scene_for
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,17 @@ class SyntheticClips:
         return self.scene(index).caption
 
     def clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        return self._render([self.scene(i) for i in indices], indices, device)
+
+    def counterfactual_clips(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Each clip with its object in another shape (and half the time colour), ``scenes.counterfactual``; same grain."""
+        scenes = [counterfactual(self.scene(i), random.Random(f"pixelwizard-counterfactual:{self.seed}:{i}")) for i in indices]
+        return self._render(scenes, indices, device)
+
+    def _render(self, scenes: list, indices: Sequence[int], device: torch.device | str) -> torch.Tensor:
+        """Clips of ``scenes``, with clip ``indices``' background cells and grain (fixed by dataset seed and index)."""
         seeds = [self.seed * 1_000_003 + i for i in indices]
-        return render_scenes([self.scene(i) for i in indices], self.frames, self.width, self.height, device,
+        return render_scenes(scenes, self.frames, self.width, self.height, device,
                              seeds if self.random_cells else None, seeds if self.grain else None)
 
     def object_masks(self, indices: Sequence[int], width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -78,6 +78,7 @@ class LatentCache:
     degraded: torch.Tensor  # (N, C, F, gh, gw) synthesised anchors on the detail token grid (SPEC.md 7)
     captions: list[str]
     anchor_masks: torch.Tensor | None = None  # (N, 1, F, ha, wa) object coverage on the anchor latent grid (synthetic data)
+    counterfactual: torch.Tensor | None = None  # like ``anchors``, the object in another shape (synthetic data, on request)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -116,19 +117,23 @@ def build_latent_cache(
     seed: int,
     batch: int = 16,
     max_seconds: float | None = None,
+    counterfactual: bool = False,
 ) -> LatentCache:
     """Encode the first ``count`` clips of ``source`` (wrapping round) for anchor and detail training.
 
     ``anchor_size`` is (width, height). The synthesised anchor follows SPEC.md 7: degrade, encode
     at the anchor size, resize in latent space to the detail model's token grid. With
     ``max_seconds``, encoding stops after the batch that crosses that time (fewer clips).
+    ``counterfactual`` also encodes each clip's counterfactual anchor (``SyntheticClips.counterfactual_clips``).
     """
     started = time.monotonic()
     vae = pipe.vae
     patch = pipe.detail_transformer.config.patch_size
     generator = torch.Generator().manual_seed(seed)
-    latents, anchors, degraded, masks, captions = [], [], [], [], []
+    latents, anchors, degraded, masks, others, captions = [], [], [], [], [], []
     object_masks = getattr(source, "object_masks", None)
+    if counterfactual and not hasattr(source, "counterfactual_clips"):
+        raise ValueError("counterfactual anchors need synthetic data (the scene is redrawn with another object)")
     indices = [i % len(source) for i in range(count)]
     for start in range(0, count, batch):
         chunk = indices[start : start + batch]
@@ -142,6 +147,9 @@ def build_latent_cache(
             cover = object_masks(chunk, *anchor_size, vae.device)
             masks.append(latent_grid_mask(cover, anchors[-1].shape[2:], vae.config.scale_factor_temporal).half().cpu())
         degraded.append(resize_latent(synthetic, grid).half().cpu())
+        if counterfactual:
+            other = area_resize(source.counterfactual_clips(chunk, vae.device).float(), anchor_size)
+            others.append(encode_clips(vae, other).half().cpu())
         captions += [source.caption(i) for i in chunk]
         if max_seconds is not None and time.monotonic() - started > max_seconds:
             break
@@ -151,4 +159,5 @@ def build_latent_cache(
         degraded=torch.cat(degraded),
         captions=captions,
         anchor_masks=torch.cat(masks) if masks else None,
+        counterfactual=torch.cat(others) if others else None,
     )

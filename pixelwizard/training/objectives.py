@@ -188,14 +188,16 @@ def cfg_dropout(
     return embeds, anchor, dropped
 
 
-def mix_clean_anchors(synthesised: torch.Tensor, clean: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Per sample, with probability p, the clean anchor-size latent in place of the synthesised anchor.
+def mix_anchors(base: torch.Tensor, other: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Per sample, with probability p, the ``other`` anchor in place of ``base``.
 
-    Not in SPEC.md 7 (which always degrades): at the tiny scale the anchor model's own renders are sharper
-    than SPEC.md's degradation leaves the ground truth, and a detail model that never saw such anchors
-    ignores the object's outline in them (docs/training.md, run 19). ``p`` = 0 is SPEC.md's training.
+    Not in SPEC.md 7 (which always degrades the ground truth). Two uses at the tiny scale: the clean
+    anchor-size latent, because the anchor model's own renders are sharper than SPEC.md's degradation
+    leaves the ground truth and a detail model that never saw such anchors ignores the object's outline
+    in them (docs/training.md, run 19); and a counterfactual anchor whose object has another shape, so
+    that the caption, not the anchor, decides it (run 28). ``p`` = 0 is SPEC.md's training.
     """
     if p <= 0:
-        return synthesised
-    use_clean = (torch.rand(synthesised.shape[0], generator=generator) < p).to(synthesised.device)
-    return torch.where(use_clean.view(-1, *[1] * (synthesised.ndim - 1)), clean.to(synthesised), synthesised)
+        return base
+    use_other = (torch.rand(base.shape[0], generator=generator) < p).to(base.device)
+    return torch.where(use_other.view(-1, *[1] * (base.ndim - 1)), other.to(base), base)

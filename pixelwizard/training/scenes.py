@@ -10,6 +10,7 @@ renderer scales it to any output size.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -200,6 +201,22 @@ def sample_scene(rng: random.Random, split: Split = "train") -> Scene:
             background=background, pattern=pattern, motion_phrase=rng.choice(MOTION_PHRASES[motion]),
             preposition=rng.choice(PREPOSITIONS), x=x, y=y, travel=travel, angle=angle, direction=direction,
         )
+
+
+def counterfactual(scene: Scene, rng: random.Random) -> Scene:
+    """The same clip with the object in another shape and, half the time, another colour that still fits.
+
+    Place, size, motion, texture and background stay: rendered as a detail model's anchor beside the
+    unchanged caption, it is an anchor whose object the caption contradicts, as the tiny anchor
+    model's often is (docs/training.md, run 28).
+    """
+    shape = rng.choice([s for s in SHAPES if s != scene.shape])
+    colour = scene.colour
+    if rng.random() < 0.5:
+        fitting = [c for c in COLOURS if c != scene.colour and _fits_background(c, scene.background)
+                   and (scene.texture_colour is None or _far_apart(c, scene.texture_colour))]
+        colour = rng.choice(fitting) if fitting else colour
+    return dataclasses.replace(scene, shape=shape, colour=colour)
 
 
 def scene_for(seed: int, index: int, split: Split = "train") -> Scene:

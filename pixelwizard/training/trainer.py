@@ -26,7 +26,7 @@ from pixelwizard.training.objectives import (
     calibration_weights,
     cfg_dropout,
     flow_target,
-    mix_clean_anchors,
+    mix_anchors,
     noisy,
     object_weights,
     sample_fm_timesteps,
@@ -295,13 +295,17 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
     Each iteration is a self-consistency step for the whole batch with probability
     ``cfg.shortcut.sc_prob`` (0 gives plain flow matching, the warm start and the baseline), its
     loss scaled by ``cfg.shortcut.sc_weight`` (the history logs the scaled loss). ``cfg.clean_anchor_prob``
-    conditions that share of samples on the clean anchor-size latent instead of the synthesised anchor;
-    ``cfg.object_weight`` weights the object's latent cells as in ``train_anchor``.
+    conditions that share of samples on the clean anchor-size latent instead of the synthesised anchor, then
+    ``cfg.counterfactual_anchor_prob`` that share on the cache's counterfactual anchor (the object in another
+    shape; the caption and the target unchanged); ``cfg.object_weight`` weights the object's latent cells as in
+    ``train_anchor``.
     """
     sc = cfg.shortcut
     device = detail.device
     if cfg.object_weight > 0 and cache.anchor_masks is None:
         raise ValueError("an object weight needs object masks, which only synthetic latent caches have")
+    if cfg.counterfactual_anchor_prob > 0 and cache.counterfactual is None:
+        raise ValueError("counterfactual anchors need a latent cache made with 'pixelwizard train encode --counterfactual-anchors'")
     grid = timestep_grid(cfg.shift)
     mode_generator = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
     generator = torch.Generator().manual_seed(cfg.seed + 1 + rank())
@@ -322,7 +326,10 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
         anchor = _batch(cache, indices, "degraded", device)
         if cfg.clean_anchor_prob > 0:
             clean = resize_latent(_batch(cache, indices, "anchors", device), tuple(anchor.shape[-2:]))
-            anchor = mix_clean_anchors(anchor, clean, cfg.clean_anchor_prob, generator)
+            anchor = mix_anchors(anchor, clean, cfg.clean_anchor_prob, generator)
+        if cfg.counterfactual_anchor_prob > 0:
+            other = resize_latent(_batch(cache, indices, "counterfactual", device), tuple(anchor.shape[-2:]))
+            anchor = mix_anchors(anchor, other, cfg.counterfactual_anchor_prob, generator)
         embeds, anchor, _ = cfg_dropout(embeds.to(device), anchor, empty.to(device), cfg.cfg_dropout, generator)
         element = None
         if cfg.object_weight > 0:
