@@ -34,15 +34,17 @@ tuned_vae() {  # tuned_vae NAME DATA SECONDS CLIPS OPTIONS...: the shipped VAE t
   returns vae $1
   train vae vae --model $B --out $W/$1 --data $2 --lr 2e-4 --warmup 50 --lr-decay cosine --frames 9 --crop 96x160 \
     --batch-size ${VAE_BATCH:-12} --steps $STEPS --seed 0 --max-seconds ${VAE_SECONDS:-$3} "${@:5}" || return 1
-  latent_cache $1 $2 $4
+  latent_cache $W/$1 $2 $4
 }
-latent_cache() {  # latent_cache NAME DATA CLIPS: $W/cache.pt, CLIPS clips (or $CLIPS) of DATA encoded with the bundle $W/NAME
-  train encode encode --model $W/$1 --out $W/cache.pt --data $2 --release-factor --seed 1 --clips ${CLIPS:-$3} --batch-size 32
+latent_cache() {  # latent_cache BUNDLE DATA CLIPS OPTIONS...: $W/cache.pt, CLIPS clips (or $CLIPS) of DATA encoded with
+  # BUNDLE, OPTIONS added
+  train encode encode --model $1 --out $W/cache.pt --data $2 --release-factor --seed 1 --clips ${CLIPS:-$3} --batch-size 32 \
+    "${@:4}"
 }
 grain_cache() {  # grain_cache SECONDS: the grain world's VAE at $W/vae_grain (the shipped bundle with VAE_FROM's VAE, or
   # tuned_vae's) and its latent cache $W/cache.pt (runs 25, 26)
   if [ -n "${VAE_FROM:-}" ]; then
-    replaced vae_grain $B vae $VAE_FROM && latent_cache vae_grain synthetic-grain 6144
+    replaced vae_grain $B vae $VAE_FROM && latent_cache $W/vae_grain synthetic-grain 6144
   else
     tuned_vae vae_grain synthetic-grain $1 6144
   fi
