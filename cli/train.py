@@ -269,8 +269,6 @@ def encode_command(
         fail("clips and batch size must be at least 1")
     target = _setup(device)
     source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
-    if counterfactual_anchors and not hasattr(source, "counterfactual_clips"):
-        fail(f"--counterfactual-anchors needs synthetic data (it redraws the scene), not {data}")
     pipe = _open(model, target, seed)
 
     from pixelwizard.training.degrade import scaled_degradation
@@ -278,11 +276,14 @@ def encode_command(
 
     count = min(clips, len(source))  # a synthetic source holds exactly ``clips``
     started = time.monotonic()
-    cache = build_latent_cache(
-        pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),
-        degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width, release_factor), seed=seed,
-        batch=batch_size, max_seconds=max_seconds, counterfactual=counterfactual_anchors,
-    )
+    try:
+        cache = build_latent_cache(
+            pipe, source, count=count, anchor_size=(chosen.anchor_width, chosen.anchor_height),
+            degradation=scaled_degradation(chosen.detail_width, chosen.anchor_width, release_factor), seed=seed,
+            batch=batch_size, max_seconds=max_seconds, counterfactual=counterfactual_anchors,
+        )
+    except ValueError as exc:  # options the data cannot serve (counterfactual anchors of real clips)
+        fail(str(exc))
     cache.save(out)
     seconds = time.monotonic() - started
     typer.echo(f"wrote {out}: {len(cache)} clips in {seconds:.1f} s")

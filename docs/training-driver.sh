@@ -57,6 +57,13 @@ detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPT
     --max-seconds ${WARM_SECONDS:-200} "$@" || return 1
   detail_branches "$@"
 }
+continued_branches() {  # continued_branches BUNDLE OPTIONS...: runs 27 and 28's detail work, OPTIONS on every command:
+  # a flow-matching warm start from BUNDLE's detail model, then the five branches (detail_branches; the caller waits)
+  compiled warmstart detail --model $1 --latents $W/cache.pt --out $W/warmstart --sc-prob 0 --batch-size ${BATCH:-32} \
+    --lr 1e-4 --beta1 0.9 --warmup 100 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-150} "${@:2}" \
+    || return 1
+  detail_branches "${@:2}"
+}
 detail_branches() {  # detail_branches OPTIONS...: the shortcut model, flow matching only and the three ablations from
   # $W/warmstart, side by side in the background (the caller waits), OPTIONS on each
   detail_branch shortcut "$@" &

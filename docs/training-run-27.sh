@@ -15,8 +15,6 @@ compiled anchor27 anchor --model $W/vae27 --latents $W/cache.pt --out $W/anchor2
   --lr 1e-4 --seed 15 --warmup 200 --lr-decay cosine --ema 0.99 --object-weight 4 --steps $STEPS \
   --max-seconds ${ANCHOR_SECONDS:-760} --snapshot-every ${SNAPSHOT_SECONDS:-60} &
 recipe="--clean-anchor-prob 0.5 --object-weight 4"
-compiled warmstart detail --model $W/vae27 --latents $W/cache.pt --out $W/warmstart --sc-prob 0 --batch-size ${BATCH:-32} \
-  --lr 1e-4 --beta1 0.9 --warmup 100 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-150} $recipe || exit 1
-detail_branches $recipe
+continued_branches $W/vae27 $recipe || exit 1
 wait
 finish

@@ -11,8 +11,6 @@
 returns detail_transformer shortcut fm_only uniform_k fixed_dt no_calibration
 latent_cache $B synthetic 10240 --counterfactual-anchors || exit 1
 recipe="--clean-anchor-prob 0.25 --counterfactual-anchor-prob 0.3 --object-weight 4"
-compiled warmstart detail --model $B --latents $W/cache.pt --out $W/warmstart --sc-prob 0 --batch-size ${BATCH:-32} \
-  --lr 1e-4 --beta1 0.9 --warmup 100 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-150} $recipe || exit 1
-detail_branches $recipe
+continued_branches $B $recipe || exit 1
 wait
 finish

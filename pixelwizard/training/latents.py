@@ -133,7 +133,8 @@ def build_latent_cache(
     latents, anchors, degraded, masks, others, captions = [], [], [], [], [], []
     object_masks = getattr(source, "object_masks", None)
     if counterfactual and not hasattr(source, "counterfactual_clips"):
-        raise ValueError("counterfactual anchors need synthetic data (the scene is redrawn with another object)")
+        raise ValueError("encoding counterfactual anchors needs synthetic data (it redraws the scene), "
+                         f"not {type(source).__name__}")
     indices = [i % len(source) for i in range(count)]
     for start in range(0, count, batch):
         chunk = indices[start : start + batch]
