@@ -97,9 +97,9 @@ def _open(model: str, device: str, seed: int):
         fail(str(exc))
 
 
-def _cache(path: Path, device: str, object_weight: float = 0.0, counterfactual: bool = False):
-    """The latent cache at ``path``; an object weight needs the object masks only synthetic caches carry, and
-    counterfactual anchors a cache encoded with them."""
+def _cache(path: Path, device: str, weights_object: bool = False, counterfactual: bool = False):
+    """The latent cache at ``path``; an object or outline weight needs the object masks only synthetic caches
+    carry, and counterfactual anchors a cache encoded with them."""
     from pixelwizard.training.latents import LatentCache
 
     if not path.is_file():
@@ -108,8 +108,8 @@ def _cache(path: Path, device: str, object_weight: float = 0.0, counterfactual: 
         cache = LatentCache.load(path).to(device)
     except ValueError as exc:
         fail(str(exc))
-    if object_weight > 0 and cache.anchor_masks is None:
-        fail(f"--object-weight needs object masks, and {path} has none (only synthetic data has them)")
+    if weights_object and cache.anchor_masks is None:
+        fail(f"an object or outline weight needs object masks, and {path} has none (only synthetic data has them)")
     if counterfactual and cache.counterfactual is None:
         fail(f"--counterfactual-anchor-prob needs counterfactual anchors, and {path} has none "
              "(encode synthetic data with --counterfactual-anchors)")
@@ -307,6 +307,8 @@ def train_anchor_command(
     cfg_dropout: Dropout = 0.1,
     object_weight: Annotated[float, typer.Option(
         help="Extra loss weight on the object's latent cells (synthetic caches carry its mask); 0 = off.")] = 0.0,
+    outline_weight: Annotated[float, typer.Option(
+        help="Extra loss weight on the cells the object half covers, its outline (synthetic caches); 0 = off.")] = 0.0,
     train_text_encoder: Annotated[bool, typer.Option(
         help="Train the bundle's text encoder jointly with the anchor model (the detail model must then be "
              "trained on it too).")] = False,
@@ -336,8 +338,8 @@ def train_anchor_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                  max_seconds=max_seconds, snapshot_every=snapshot_every, object_weight=object_weight, compile=compile)
-    cache = _cache(latents, target, object_weight)
+                  max_seconds=max_seconds, snapshot_every=snapshot_every, object_weight=object_weight, outline_weight=outline_weight, compile=compile)
+    cache = _cache(latents, target, cfg.weights_object)
     pipe = _open(model, target, seed)
     if reinit:
         pipe.register_modules(transformer=fresh_copy(pipe.transformer, seed, **{SIZE_KEYS[k]: v for k, v in sizes.items()}))
@@ -371,6 +373,8 @@ def train_detail_command(
              "shape, so that the caption decides it; needs a cache encoded with --counterfactual-anchors.")] = 0.0,
     object_weight: Annotated[float, typer.Option(
         help="Extra loss weight on the object's latent cells (synthetic caches carry its mask); 0 = off.")] = 0.0,
+    outline_weight: Annotated[float, typer.Option(
+        help="Extra loss weight on the cells the object half covers, its outline (synthetic caches); 0 = off.")] = 0.0,
     reinit: Annotated[bool, typer.Option(help="Start the detail model from fresh weights (seed), keep the rest.")] = False,
     steps: Steps = 1000,
     batch_size: Batch = 16,
@@ -402,8 +406,8 @@ def train_detail_command(
                   adapter_only=adapter_only, seed=seed, max_seconds=max_seconds, snapshot_every=snapshot_every,
                   shortcut=shortcut, compile=compile,
                   clean_anchor_prob=clean_anchor_prob, counterfactual_anchor_prob=counterfactual_anchor_prob,
-                  object_weight=object_weight)
-    cache = _cache(latents, target, object_weight, counterfactual_anchor_prob > 0)
+                  object_weight=object_weight, outline_weight=outline_weight)
+    cache = _cache(latents, target, cfg.weights_object, counterfactual_anchor_prob > 0)
     pipe = _open(model, target, seed)
     if reinit:
         from pixelwizard.training.checkpoints import fresh_copy

@@ -199,6 +199,14 @@ def test_element_weights_give_a_weighted_mean_per_sample_and_object_weights_add_
     assert obj.weighted_mse(pred, target, torch.ones(1), obj.object_weights(mask, 0.0)) == pytest.approx(5.0)
 
 
+def test_outline_weights_peak_on_half_covered_cells_and_vanish_off_and_inside_the_object():
+    mask = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    # 1 + 2c + 8 * 4c(1 - c)
+    expected = torch.tensor([1.0, 1.5 + 6.0, 2.0 + 8.0, 2.5 + 6.0, 3.0])
+    assert torch.allclose(obj.object_weights(mask, 2.0, outline_weight=8.0), expected)
+    assert torch.equal(obj.object_weights(mask, 2.0), 1.0 + 2.0 * mask)  # off by default
+
+
 def _fit_line(cfg: TrainConfig, snapshots: list | None):
     """run_loop on a two-parameter regression; returns the final weights (and fills ``snapshots`` if given)."""
     from pixelwizard.training.trainer import run_loop

@@ -183,6 +183,7 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--compile", "fastest"], "compile must be one of"),
         (["detail", "--latents", "{cache}", "--clean-anchor-prob", "1.5"], "clean anchor share must lie in [0, 1]"),
         (["detail", "--latents", "{cache}", "--object-weight", "-1"], "object weight must be >= 0"),
+        (["anchor", "--latents", "{cache}", "--outline-weight", "-1"], "outline weight must be >= 0"),
         (["detail", "--latents", "{cache}", "--counterfactual-anchor-prob", "-0.1"],
          "counterfactual anchor share must lie in [0, 1]"),
         (["encode", "--data", "{good}", "--counterfactual-anchors"], "needs synthetic data"),
@@ -283,6 +284,26 @@ def test_synthetic_caches_carry_object_masks_and_the_anchor_object_weight_uses_t
         train_anchor(pipe.transformer, without, frozen(pipe, cache), cfg, lambda _: None)
 
 
+def test_the_anchor_outline_weight_weights_the_half_covered_cells_and_learns(pipe, cache, monkeypatch):
+    """The loss gets 1 + 4c(1 - c) x outline weight per cell from the cache's masks, and the loss still goes down."""
+    import pixelwizard.training.trainer as trainer
+
+    seen = []
+    real = trainer.weighted_mse
+    monkeypatch.setattr(trainer, "weighted_mse", lambda *a: seen.append(a[3]) or real(*a))
+    cfg = TrainConfig(steps=30, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, outline_weight=6.0,
+                      seed=5).validate()
+    first, last = first_and_last(train_anchor(pipe.transformer, cache, frozen(pipe, cache), cfg, lambda _: None).history, "fm")
+    assert last < first and len(seen) == 30
+    indices = torch.randint(len(cache), (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed))
+    c = cache.anchor_masks[indices].float()
+    assert torch.allclose(seen[0], 1 + 24 * c * (1 - c))
+    assert float(seen[0].max()) > 1  # the tiny cache's objects do have partly covered cells
+    without = dataclasses.replace(cache, anchor_masks=None)
+    with pytest.raises(ValueError, match="object or outline weight needs object masks"):
+        train_anchor(pipe.transformer, without, frozen(pipe, cache), cfg, lambda _: None)
+
+
 def test_detail_training_on_clean_anchors_with_object_weight_feeds_them_and_learns(pipe, cache):
     """--clean-anchor-prob 1 conditions every sample on the cache's clean anchor latent, never the degraded one."""
     seen = []
@@ -339,12 +360,13 @@ def test_counterfactual_anchors_missing_from_the_cache_is_a_one_line_error(bundl
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", ["anchor", "detail"])
-def test_object_weight_without_masks_is_a_one_line_error(bundle_and_cache, cache, tmp_path, command):
+@pytest.mark.parametrize(("command", "option"), [("anchor", "--object-weight"), ("detail", "--object-weight"),
+                                                 ("anchor", "--outline-weight"), ("detail", "--outline-weight")])
+def test_object_weight_without_masks_is_a_one_line_error(bundle_and_cache, cache, tmp_path, command, option):
     bundle, _ = bundle_and_cache
     dataclasses.replace(cache, anchor_masks=None).save(tmp_path / "real.pt")
     result = invoke(command, "--model", bundle, "--latents", tmp_path / "real.pt", "--out", tmp_path / "out",
-                    "--object-weight", "2", "--device", "cpu")
+                    option, "2", "--device", "cpu")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "needs object masks" in lines[0], result.output
     assert not (tmp_path / "out").exists()

@@ -83,6 +83,7 @@ class TrainConfig:
     compile: str = "off"  # torch.compile mode for the transformer, or "off" (GPU throughput; the first steps compile)
     adapter_only: bool = False  # detail model: train only the anchor injector and dt embedding
     object_weight: float = 0.0  # extra loss weight on the object's latent cells (0 = off; synthetic caches)
+    outline_weight: float = 0.0  # extra loss weight on the cells the object half covers (0 = off; synthetic caches)
     clean_anchor_prob: float = 0.0  # detail model: share of samples conditioned on the clean anchor, not SPEC.md 7's
     counterfactual_anchor_prob: float = 0.0  # detail model: share conditioned on an anchor whose object has another shape
     log_every: int = 25
@@ -104,6 +105,7 @@ class TrainConfig:
         _check(self.snapshot_every is None or self.snapshot_every > 0,
                f"snapshot interval must be > 0 seconds, got {self.snapshot_every}")
         _check(self.object_weight >= 0, f"object weight must be >= 0, got {self.object_weight}")
+        _check(self.outline_weight >= 0, f"outline weight must be >= 0, got {self.outline_weight}")
         _check(0 <= self.clean_anchor_prob <= 1, f"clean anchor share must lie in [0, 1], got {self.clean_anchor_prob}")
         _check(0 <= self.counterfactual_anchor_prob <= 1,
                f"counterfactual anchor share must lie in [0, 1], got {self.counterfactual_anchor_prob}")
@@ -111,6 +113,11 @@ class TrainConfig:
         _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
         self.shortcut.validate()
         return self
+
+    @property
+    def weights_object(self) -> bool:
+        """Whether the loss weights the object's cells (object or outline weight), which needs object masks."""
+        return self.object_weight > 0 or self.outline_weight > 0
 
 
 @dataclass(frozen=True)

@@ -234,14 +234,14 @@ def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: 
                  snapshot: Snapshot | None = None) -> TrainResult:
     """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout.
 
-    With ``cfg.object_weight`` > 0 each latent cell's error is weighted by 1 + object_weight x the
-    object's coverage of it (the cache's ``anchor_masks``): the object is a small part of the frame,
-    and without the weight a small model learns the background first. A trainable ``text`` trains
+    With ``cfg.object_weight`` or ``cfg.outline_weight`` > 0 each latent cell's error is weighted by the
+    object's coverage of it (the cache's ``anchor_masks``; ``object_weights``): the object is a small part of
+    the frame, and without the weight a small model learns the background first. A trainable ``text`` trains
     the text encoder with the same loss (the tiny bundle's encoder has no pretraining to keep).
     """
     device = transformer.device
-    if cfg.object_weight > 0 and cache.anchor_masks is None:
-        raise ValueError("an object weight needs object masks, which only synthetic latent caches have")
+    if cfg.weights_object and cache.anchor_masks is None:
+        raise ValueError("an object or outline weight needs object masks, which only synthetic latent caches have")
     grid = timestep_grid(cfg.shift)
     generator = torch.Generator().manual_seed(cfg.seed + rank())
     noise_generator = torch.Generator(device).manual_seed(cfg.seed + rank())
@@ -262,8 +262,9 @@ def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: 
         with autocast(device):
             pred = forward(noisy(x0, noise, t.to(device)), t.to(device), embeds, return_dict=False)[0]
         element = None
-        if cfg.object_weight > 0:
-            element = object_weights(_batch(cache, indices, "anchor_masks", device), cfg.object_weight)
+        if cfg.weights_object:
+            element = object_weights(_batch(cache, indices, "anchor_masks", device), cfg.object_weight,
+                                     cfg.outline_weight)
         return weighted_mse(pred, flow_target(x0, noise), bell_weight(t, grid).to(device), element), "fm"
 
     result = run_loop(loss_fn, [*transformer.parameters(), *text.parameters()], cfg, log, snapshot)
@@ -297,13 +298,13 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
     loss scaled by ``cfg.shortcut.sc_weight`` (the history logs the scaled loss). ``cfg.clean_anchor_prob``
     conditions that share of samples on the clean anchor-size latent instead of the synthesised anchor, then
     ``cfg.counterfactual_anchor_prob`` that share on the cache's counterfactual anchor (the object in another
-    shape; the caption and the target unchanged); ``cfg.object_weight`` weights the object's latent cells as in
-    ``train_anchor``.
+    shape; the caption and the target unchanged); ``cfg.object_weight`` and ``cfg.outline_weight`` weight the object's latent
+    cells as in ``train_anchor``.
     """
     sc = cfg.shortcut
     device = detail.device
-    if cfg.object_weight > 0 and cache.anchor_masks is None:
-        raise ValueError("an object weight needs object masks, which only synthetic latent caches have")
+    if cfg.weights_object and cache.anchor_masks is None:
+        raise ValueError("an object or outline weight needs object masks, which only synthetic latent caches have")
     if cfg.counterfactual_anchor_prob > 0 and cache.counterfactual is None:
         raise ValueError("counterfactual anchors need a latent cache made with 'pixelwizard train encode --counterfactual-anchors'")
     grid = timestep_grid(cfg.shift)
@@ -332,9 +333,9 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
             anchor = mix_anchors(anchor, other, cfg.counterfactual_anchor_prob, generator)
         embeds, anchor, _ = cfg_dropout(embeds.to(device), anchor, empty.to(device), cfg.cfg_dropout, generator)
         element = None
-        if cfg.object_weight > 0:
+        if cfg.weights_object:
             mask = torch.nn.functional.interpolate(_batch(cache, indices, "anchor_masks", device), size=x0.shape[2:])
-            element = object_weights(mask, cfg.object_weight)
+            element = object_weights(mask, cfg.object_weight, cfg.outline_weight)
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
