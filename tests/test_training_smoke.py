@@ -304,13 +304,14 @@ def test_the_anchor_outline_weight_weights_the_half_covered_cells_and_learns(pip
         train_anchor(pipe.transformer, without, frozen(pipe, cache), cfg, lambda _: None)
 
 
-def test_detail_training_on_clean_anchors_with_object_weight_feeds_them_and_learns(pipe, cache):
+def test_detail_training_on_clean_anchors_with_object_and_outline_weights_feeds_them_and_learns(pipe, cache):
     """--clean-anchor-prob 1 conditions every sample on the cache's clean anchor latent, never the degraded one."""
     seen = []
     hook = pipe.detail_transformer.register_forward_pre_hook(
         lambda _, args, kwargs: seen.append(kwargs["anchor"].detach().clone()), with_kwargs=True)
     cfg = TrainConfig(steps=40, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, cfg_dropout=0.0,
-                      clean_anchor_prob=1.0, object_weight=4.0, shortcut=ShortcutConfig(sc_prob=0.0)).validate()
+                      clean_anchor_prob=1.0, object_weight=4.0, outline_weight=2.0,
+                      shortcut=ShortcutConfig(sc_prob=0.0)).validate()
     try:
         result = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None)
     finally:
