@@ -338,7 +338,8 @@ def train_anchor_command(
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
                   shift=shift, cfg_dropout=cfg_dropout, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                  max_seconds=max_seconds, snapshot_every=snapshot_every, object_weight=object_weight, outline_weight=outline_weight, compile=compile)
+                  max_seconds=max_seconds, snapshot_every=snapshot_every, object_weight=object_weight,
+                  outline_weight=outline_weight, compile=compile)
     cache = _cache(latents, target, cfg.weights_object)
     pipe = _open(model, target, seed)
     if reinit:

@@ -304,18 +304,23 @@ def test_the_anchor_outline_weight_weights_the_half_covered_cells_and_learns(pip
         train_anchor(pipe.transformer, without, frozen(pipe, cache), cfg, lambda _: None)
 
 
-def test_detail_training_on_clean_anchors_with_object_and_outline_weights_feeds_them_and_learns(pipe, cache):
-    """--clean-anchor-prob 1 conditions every sample on the cache's clean anchor latent, never the degraded one."""
+def train_detail_recording_anchors(pipe, cache, cfg):
+    """train_detail's result and every anchor the detail model was conditioned on, in call order."""
     seen = []
     hook = pipe.detail_transformer.register_forward_pre_hook(
         lambda _, args, kwargs: seen.append(kwargs["anchor"].detach().clone()), with_kwargs=True)
+    try:
+        return train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None), seen
+    finally:
+        hook.remove()
+
+
+def test_detail_training_on_clean_anchors_with_object_and_outline_weights_feeds_them_and_learns(pipe, cache):
+    """--clean-anchor-prob 1 conditions every sample on the cache's clean anchor latent, never the degraded one."""
     cfg = TrainConfig(steps=40, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, cfg_dropout=0.0,
                       clean_anchor_prob=1.0, object_weight=4.0, outline_weight=2.0,
                       shortcut=ShortcutConfig(sc_prob=0.0)).validate()
-    try:
-        result = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None)
-    finally:
-        hook.remove()
+    result, seen = train_detail_recording_anchors(pipe, cache, cfg)
     first, last = first_and_last(result.history, "fm")
     assert result.steps == 40 and last < 0.8 * first
     clean, degraded = cache.anchors.float().flatten(1), cache.degraded.float().flatten(1)
@@ -331,16 +336,10 @@ def test_detail_training_on_clean_anchors_with_object_and_outline_weights_feeds_
 def test_counterfactual_anchors_replace_their_share_of_samples_keeping_caption_and_target(pipe, cache):
     """--counterfactual-anchor-prob 1 conditions every sample on the object redrawn in another shape."""
     assert cache.counterfactual.shape == cache.anchors.shape and not torch.equal(cache.counterfactual, cache.anchors)
-    seen = []
-    hook = pipe.detail_transformer.register_forward_pre_hook(
-        lambda _, args, kwargs: seen.append(kwargs["anchor"].detach().clone()), with_kwargs=True)
     cfg = TrainConfig(steps=30, batch_size=8, lr=2e-3, betas=(0.9, 0.999), log_every=10, cfg_dropout=0.0,
                       clean_anchor_prob=0.5, counterfactual_anchor_prob=1.0,
                       shortcut=ShortcutConfig(sc_prob=0.0)).validate()
-    try:
-        result = train_detail(pipe.detail_transformer, cache, frozen(pipe, cache), cfg, lambda _: None)
-    finally:
-        hook.remove()
+    result, seen = train_detail_recording_anchors(pipe, cache, cfg)
     first, last = first_and_last(result.history, "fm")
     assert result.steps == 30 and last < first
     others = cache.counterfactual.float().flatten(1)

@@ -230,6 +230,12 @@ def _batch(cache: LatentCache, indices: torch.Tensor, name: str, device: torch.d
     return getattr(cache, name)[indices.to(getattr(cache, name).device)].to(device).float()
 
 
+def _require_masks(cfg: TrainConfig, cache: LatentCache) -> None:
+    """An object or outline weight reads the object masks that only synthetic latent caches have."""
+    if cfg.weights_object and cache.anchor_masks is None:
+        raise ValueError("an object or outline weight needs object masks, which only synthetic latent caches have")
+
+
 def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: TrainConfig, log: Log,
                  snapshot: Snapshot | None = None) -> TrainResult:
     """Plain flow matching of the anchor (base) model on clean anchor-size latents, prompt dropout.
@@ -240,8 +246,7 @@ def train_anchor(transformer, cache: LatentCache, text: CaptionEmbeddings, cfg: 
     the text encoder with the same loss (the tiny bundle's encoder has no pretraining to keep).
     """
     device = transformer.device
-    if cfg.weights_object and cache.anchor_masks is None:
-        raise ValueError("an object or outline weight needs object masks, which only synthetic latent caches have")
+    _require_masks(cfg, cache)
     grid = timestep_grid(cfg.shift)
     generator = torch.Generator().manual_seed(cfg.seed + rank())
     noise_generator = torch.Generator(device).manual_seed(cfg.seed + rank())
@@ -303,8 +308,7 @@ def train_detail(detail, cache: LatentCache, text: CaptionEmbeddings, cfg: Train
     """
     sc = cfg.shortcut
     device = detail.device
-    if cfg.weights_object and cache.anchor_masks is None:
-        raise ValueError("an object or outline weight needs object masks, which only synthetic latent caches have")
+    _require_masks(cfg, cache)
     if cfg.counterfactual_anchor_prob > 0 and cache.counterfactual is None:
         raise ValueError("counterfactual anchors need a latent cache made with 'pixelwizard train encode --counterfactual-anchors'")
     grid = timestep_grid(cfg.shift)
