@@ -26,18 +26,23 @@ def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def chunk_spans(latent_width: int, chunks: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) latent columns of each chunk: equal widths, neighbours sharing >= overlap columns."""
+    """[start, end) latent columns of each chunk: neighbours share exactly ``overlap`` columns (SPEC.md 6),
+    widths differ by at most one (the first chunks are the wider)."""
     if chunks < 1:
         raise ValueError(f"chunks must be at least 1, got {chunks}")
     if chunks == 1:
         return [(0, latent_width)]
-    width = math.ceil((latent_width + (chunks - 1) * overlap) / chunks)
+    width, wider = divmod(latent_width + (chunks - 1) * overlap, chunks)
     if width >= latent_width or width <= 2 * overlap:
         raise ValueError(
             f"cannot cut a latent {latent_width} columns wide into {chunks} chunks overlapping by {overlap}"
         )
-    starts = [round(i * (latent_width - width) / (chunks - 1)) for i in range(chunks)]
-    return [(s, s + width) for s in starts]
+    spans, start = [], 0
+    for i in range(chunks):
+        end = start + width + (1 if i < wider else 0)
+        spans.append((start, end))
+        start = end - overlap
+    return spans
 
 
 def cosine_ramp(length: int, device: torch.device | None = None) -> torch.Tensor:

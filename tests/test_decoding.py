@@ -9,12 +9,17 @@ from pixelwizard.default_model import tiny_vae_config
 
 
 def test_spans_cover_the_width_with_the_requested_overlap():
-    for width, chunks in [(160, 3), (240, 4), (28, 2), (29, 3)]:
+    for width, chunks in [(160, 3), (240, 4), (28, 2), (29, 3), (30, 3)]:
         spans = chunk_spans(width, chunks, overlap=3)
         assert spans[0][0] == 0 and spans[-1][1] == width and len(spans) == chunks
-        assert len({e - s for s, e in spans}) == 1  # equal widths
-        for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
-            assert e0 - s1 >= 3 and s1 > s0
+        widths = [e - s for s, e in spans]
+        assert max(widths) - min(widths) <= 1 and widths == sorted(widths, reverse=True)
+        assert all(e0 - s1 == 3 for (_, e0), (s1, _) in zip(spans, spans[1:]))  # exactly 3 columns = 48 px
+
+
+def test_release_chunking_at_2k_and_4k():
+    assert chunk_spans(160, 3, overlap=3) == [(0, 56), (53, 108), (105, 160)]
+    assert chunk_spans(240, 4, overlap=3) == [(0, 63), (60, 122), (119, 181), (178, 240)]
 
 
 def test_cosine_ramps_of_neighbours_sum_to_one():

@@ -46,8 +46,10 @@ def test_sampled_steps_start_on_the_snapped_grid_and_follow_the_k_probabilities(
     grid = obj.timestep_grid(5.0)
     starts = (500.0, 600.0, 700.0, 800.0)
     t, dt = obj.sample_shortcut_steps(6000, starts, grid, torch.Generator().manual_seed(0), levels=6, lam=0.7)
-    snapped = {obj.snap_to_grid(s, grid) for s in starts}
-    assert set(t.tolist()) == snapped and all(abs(s - round(s)) < 1 for s in snapped)
+    drawn = sorted(set(t.tolist()))
+    # The grid is about 2 units apart near t = 500..800 (shift 5), so each start moves by less than 1 to a grid entry.
+    assert len(drawn) == len(starts) and set(drawn) <= set(grid.tolist())
+    assert all(abs(snapped - start) < 1 for snapped, start in zip(drawn, starts))
     ks = [next(k for k, d in obj.dt_candidates(T, 6) if d == step) for T, step in zip(t.tolist(), dt.tolist())]
     freq = torch.bincount(torch.tensor(ks), minlength=6).float() / len(ks)
     assert torch.allclose(freq, torch.tensor(obj.dt_probabilities(range(6), 0.7)), atol=0.02)

@@ -113,9 +113,10 @@ def test_works_with_diffusers_attention_backend_switch():
     assert torch.allclose(switched, reference, atol=1e-5)
 
 
-def test_injection_blocks_out_of_range_is_rejected():
+@pytest.mark.parametrize("blocks", [(5,), ()])
+def test_injection_blocks_out_of_range_or_none_are_rejected(blocks):
     with pytest.raises(ValueError, match="injection_blocks"):
-        PixelWizardTransformer3DModel(**tiny_transformer_config(Z, TEXT), anchor_channels=Z, injection_blocks=(5,))
+        PixelWizardTransformer3DModel(**tiny_transformer_config(Z, TEXT), anchor_channels=Z, injection_blocks=blocks)
 
 
 @torch.no_grad()

@@ -117,8 +117,8 @@ class PixelWizardTransformer3DModel(WanTransformer3DModel):
             rope_max_seq_len=rope_max_seq_len,
             pos_embed_seq_len=pos_embed_seq_len,
         )
-        if any(not 0 <= i < num_layers for i in injection_blocks):
-            raise ValueError(f"injection_blocks {list(injection_blocks)} must lie in [0, {num_layers})")
+        if not injection_blocks or any(not 0 <= i < num_layers for i in injection_blocks):
+            raise ValueError(f"injection_blocks {list(injection_blocks)} must name at least one block in [0, {num_layers})")
         self.dt_embedder, self.anchor_injector = self._new_modules()
 
     def _new_modules(self) -> tuple[TimestepEmbedding, AnchorInjector]:

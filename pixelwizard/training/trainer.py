@@ -204,6 +204,7 @@ def train_vae(vae, source: ClipSource, cfg: TrainConfig, loss_cfg: VaeLossConfig
     """
     device = vae.device
     generator = torch.Generator().manual_seed(cfg.seed + rank())
+    noise_generator = torch.Generator(device).manual_seed(cfg.seed + rank())
     vae.train().requires_grad_(True)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, str]:
@@ -214,7 +215,8 @@ def train_vae(vae, source: ClipSource, cfg: TrainConfig, loss_cfg: VaeLossConfig
         video = _random_crop(_rescaled(source.clips(indices, device), scale), loss_cfg.crop, generator)
         with autocast(device):
             posterior = vae.encode(video).latent_dist
-            z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)
+            eps = torch.randn(posterior.mean.shape, generator=noise_generator, device=device, dtype=posterior.mean.dtype)
+            z = posterior.mean + posterior.std * eps
             recon = vae.decode(z).sample.float()
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
