@@ -166,7 +166,12 @@ class LatentCache:
     def _put_entry(
         self, kind: ArtifactKind, key: str, path: Path, record: Mapping[str, Any], extra: Mapping[str, Any]
     ) -> StoredObject:
-        """Write the payload create-only, then the record; an existing complete entry wins."""
+        """Write the payload create-only, then the record; a payload already there wins.
+
+        Puts are atomic, so a payload already stored is another writer's complete one (a concurrent put of the
+        same key, or one that stopped before its record). It is kept, never overwritten, and the record names it,
+        so that record and payload agree whichever writer's record lands first.
+        """
         clash = _RESERVED_RECORD_FIELDS & set(record)
         if clash:
             raise ValueError(f"record uses reserved field(s): {', '.join(sorted(clash))}")
@@ -174,10 +179,14 @@ class LatentCache:
         try:
             stored = self.store.put_file(payload_key, path, create_only=True)
         except ObjectExistsError:
-            if self.store.exists(record_key):
-                log.info("cache entry %s already stored by another writer; keeping it", payload_key)
-                return self.store.stat(payload_key)
-            stored = self.store.put_file(payload_key, path)
+            try:
+                stored = self.store.stat(payload_key)
+            except CorruptObjectError:  # no usable checksum: nothing to keep
+                stored = self.store.put_file(payload_key, path)
+            else:
+                if self.store.exists(record_key):
+                    log.info("cache entry %s already stored by another writer; keeping it", payload_key)
+                    return stored
         document = {
             **record,
             **extra,
@@ -202,16 +211,20 @@ class LatentCache:
         except (CorruptObjectError, ValueError) as err:
             self._quarantine(kind, key, str(err))
             return None
-        try:
-            stored = self.store.get_file(payload_key, dest)
-            if stored.sha256 != record["object"]["sha256"]:
-                raise CorruptObjectError(f"payload {payload_key} does not match its record")
-        except ObjectNotFoundError:
-            self._quarantine(kind, key, "record without payload")
-            return None
-        except (CorruptObjectError, KeyError, TypeError) as err:
-            self._quarantine(kind, key, str(err))
-            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+            fetched = Path(tmp) / dest.name  # beside dest, renamed onto it only once it matches the record
+            try:
+                stored = self.store.get_file(payload_key, fetched)
+                if stored.sha256 != record["object"]["sha256"]:
+                    raise CorruptObjectError(f"payload {payload_key} does not match its record")
+            except ObjectNotFoundError:
+                self._quarantine(kind, key, "record without payload")
+                return None
+            except (CorruptObjectError, KeyError, TypeError) as err:
+                self._quarantine(kind, key, str(err))
+                return None
+            fetched.replace(dest)
         return record
 
     def _quarantine(self, kind: ArtifactKind, key: str, reason: str) -> None:

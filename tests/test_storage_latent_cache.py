@@ -204,9 +204,38 @@ def test_record_without_payload_is_quarantined_payload_without_record_is_a_plain
 
     store.put_bytes(f"anchors/{key}.safetensors", b"unfinished write")  # crash before the record
     assert cache.get("anchor_latent", key) is None
-    assert store.exists(f"anchors/{key}.safetensors")  # left for the next put to replace
-    cache.put("anchor_latent", key, _latents(), _record())
-    assert cache.get("anchor_latent", key) is not None
+    assert store.exists(f"anchors/{key}.safetensors")  # left in place: a miss, nothing quarantined
+
+
+def test_a_payload_already_there_is_kept_and_named_by_the_record(store: ObjectStore, tmp_path: Path) -> None:
+    """Writer A has stored its payload but not yet its record when writer B puts other bytes under the key."""
+    cache = LatentCache(store)
+    key = artifact_key("detail_latent", {"anchor": "race"})
+    first = cache.put("detail_latent", key, {"latent": torch.zeros(4)}, {})
+    store.delete(f"details/{key}.json")  # A's record not written yet
+
+    second = cache.put("detail_latent", key, {"latent": torch.ones(4)}, {})  # B finds no record
+
+    assert second.sha256 == first.sha256  # B kept A's payload instead of overwriting it
+    hit = cache.get("detail_latent", key)
+    assert hit is not None and torch.equal(hit[0]["latent"], torch.zeros(4))
+    assert not any(k.startswith("quarantine/") for k in store.list())
+
+
+def test_a_video_that_does_not_match_its_record_leaves_dest_alone(store: ObjectStore, tmp_path: Path) -> None:
+    cache = LatentCache(store)
+    key = artifact_key("video", {"detail_key": "e" * 64})
+    mp4 = tmp_path / "final.mp4"
+    mp4.write_bytes(b"video bytes")
+    cache.put_video(key, mp4, {})
+    store.delete(f"videos/{key}.mp4")
+    store.put_bytes(f"videos/{key}.mp4", b"other video bytes")  # valid object, not the record's
+    dest = tmp_path / "out" / "final.mp4"
+    dest.parent.mkdir()
+    dest.write_bytes(b"kept")
+
+    assert cache.get_video(key, dest) is None
+    assert dest.read_bytes() == b"kept" and sorted(p.name for p in dest.parent.iterdir()) == ["final.mp4"]
 
 
 def test_video_put_get_and_uri(store: ObjectStore, tmp_path: Path) -> None:
