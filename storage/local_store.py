@@ -157,8 +157,8 @@ class LocalStore(ObjectStore):
             try:
                 with self._locked([key]):
                     data_path, meta_path = self._data_path(key), self._meta_path(key)
-                    if create_only and data_path.exists():
-                        existing = self._read_record(key)
+                    existing = self._committed_record(key) if create_only and data_path.exists() else None
+                    if existing is not None:  # a pair that does not verify is a put killed mid-commit: replaced
                         if existing["sha256"] != sha256:
                             raise ObjectExistsError(
                                 f"object {key!r} already exists in {self.root} with different content "
@@ -186,6 +186,16 @@ class LocalStore(ObjectStore):
                 return record, open(self._data_path(key), "rb")
             except FileNotFoundError:
                 raise ObjectNotFoundError(f"no object {key!r} in {self.root}") from None
+
+    def _committed_record(self, key: str) -> dict[str, Any] | None:
+        """The sidecar of an existing object if its data verifies against it, else None (caller holds the lock)."""
+        try:
+            record = self._read_record(key)
+            with open(self._data_path(key), "rb") as handle:
+                sha256, size = copy_hashing(handle, None)
+        except (CorruptObjectError, ObjectNotFoundError, FileNotFoundError):
+            return None
+        return record if (sha256, size) == (record["sha256"], record["size"]) else None
 
     def _read_record(self, key: str) -> dict[str, Any]:
         """The sidecar of an existing object; a missing or unreadable sidecar means corruption."""

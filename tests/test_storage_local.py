@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.request import urlopen
@@ -104,6 +106,30 @@ def test_create_only_same_content_succeeds_different_content_conflicts(store: Lo
     assert store.get_bytes("k") == b"same"
     assert store.put_bytes("k", b"other").size == 5  # a plain put overwrites
     assert store.get_bytes("k") == b"other"
+
+
+def test_a_put_killed_between_its_renames_is_repaired_by_the_create_only_retry(store: LocalStore) -> None:
+    """The overwriting put dies (a real process exit) after its new sidecar is in place but before its data."""
+    store.put_bytes("k", b"old content")
+    child = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from storage.local_store import LocalStore\n"
+        "real = os.replace\n"
+        "def dying(src, dst):\n"
+        "    real(src, dst)\n"
+        "    os._exit(9)\n"
+        "os.replace = dying\n"
+        "LocalStore(Path(sys.argv[1])).put_bytes('k', b'new content!')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(store.root)], cwd=Path(__file__).parents[1])
+    assert done.returncode == 9
+    with pytest.raises(CorruptObjectError):
+        store.get_bytes("k")  # new sidecar, old data: detected
+
+    retried = store.put_bytes("k", b"new content!", create_only=True)
+
+    assert retried.size == 12 and store.get_bytes("k") == b"new content!"
 
 
 def test_concurrent_create_only_writers_have_one_winner(store: LocalStore) -> None:
