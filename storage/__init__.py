@@ -12,9 +12,11 @@ from storage.errors import (
     IllegalTransitionError,
     ObjectExistsError,
     ObjectNotFoundError,
+    SchemaRevisionError,
     StaleJobError,
     StorageError,
     StoreConfigError,
+    ValueTooLongError,
 )
 from storage.object_store import ObjectStore, StoredObject, open_store
 
@@ -26,9 +28,11 @@ __all__ = [
     "ObjectExistsError",
     "ObjectNotFoundError",
     "ObjectStore",
+    "SchemaRevisionError",
     "StaleJobError",
     "StorageError",
     "StoreConfigError",
     "StoredObject",
+    "ValueTooLongError",
     "open_store",
 ]

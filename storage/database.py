@@ -8,6 +8,7 @@ usable after commit.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = ["DatabaseUnavailableError", "check_connection", "create_db_engine", "
 
 SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 5
+# The ``scheme://user:password@`` prefix as SQLAlchemy's URL parser splits it.
+_URL_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
 
 
 def safe_url(url: str | URL) -> str:
@@ -31,6 +34,8 @@ def safe_url(url: str | URL) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
+    except ValueError:  # the URL split into parts, but one of them (the port) is malformed
+        return _URL_PASSWORD.sub(r"\1***@", str(url))
 
 
 def create_db_engine(url: str | None = None) -> Engine:
@@ -40,8 +45,8 @@ def create_db_engine(url: str | None = None) -> Engine:
     is created; PostgreSQL gets a short connect timeout and pre-ping. No connection is made.
     """
     raw = url or settings.database_url()
+    parsed = _parse_url(raw)
     try:
-        parsed = make_url(raw)
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -80,10 +85,23 @@ def open_database(url: str | None = None, *, migrate: bool = True) -> sessionmak
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def _parse_url(raw: str) -> URL:
+    """``make_url(raw)``; a malformed URL is a one-line ``DatabaseUnavailableError``, not a traceback."""
+    try:
+        return make_url(raw)
+    except ArgumentError as err:
+        reason = _one_line(err)
+    except ValueError:  # SQLAlchemy's int() of a port that is not a number
+        reason = "the port is not a number"
+    raise DatabaseUnavailableError(f"cannot open database {safe_url(raw)}: {reason}") from None
+
+
 def _sqlite_engine(url: URL) -> Engine:
+    """SQLite at ``url`` with ``~`` expanded (SQLite itself would open a literal ``~`` folder)."""
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        url = url.set(database=str(Path(url.database).expanduser()))
         try:
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise DatabaseUnavailableError(f"cannot create directory for {safe_url(url)}: {_one_line(err)}") from None
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})

@@ -32,6 +32,14 @@ class DatabaseUnavailableError(DatabaseError):
     """The database URL cannot be reached or opened; ``str()`` is one line naming the URL."""
 
 
+class SchemaRevisionError(DatabaseError):
+    """The database is at, or was asked to move to, a schema revision these migrations do not have."""
+
+
+class ValueTooLongError(DatabaseError):
+    """A value is longer than its database column allows; checked before writing, on every backend."""
+
+
 class IllegalTransitionError(DatabaseError):
     """A job status change that the transition table does not allow."""
 

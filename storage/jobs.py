@@ -16,8 +16,13 @@ Leases: ``claim_next_job`` atomically gives one worker a job in a ready status (
 anchored, rendered) whose lease is free or expired -- ``SELECT ... FOR UPDATE SKIP LOCKED``
 on PostgreSQL, a conditional ``UPDATE ... WHERE`` with a rowcount check elsewhere (SQLite).
 The worker keeps it with ``heartbeat`` and moves it on with ``transition``. When a lease
-expires, ``requeue_expired`` (also run by every claim) marks the dead worker's running
-attempts crashed and drops its working status back one step, so no job is stranded.
+expires, ``requeue_expired`` (also run by every claim) drops the job's working status back one
+step and marks the dead worker's running attempts crashed, so no job is stranded.
+
+Bounded text columns are checked before writing, so SQLite (which would store any length) and
+PostgreSQL (which would refuse) behave alike: a batch name, a display label, is shortened to
+fit; an identifier (prompt id, preset, model revision, key) that is too long is a one-line
+``ValueTooLongError``.
 
 Functions taking a ``Session`` do not commit: wrap them in ``with factory.begin() as s:``.
 ``claim_next_job`` takes the factory and commits itself. Times are aware UTC from the
@@ -33,9 +38,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Insert, Update, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Insert, String, Update, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.enums import (
@@ -45,7 +50,7 @@ from storage.enums import (
     WORKING_STATUSES,
     is_allowed_transition,
 )
-from storage.errors import DatabaseError, IllegalTransitionError, StaleJobError
+from storage.errors import DatabaseError, IllegalTransitionError, StaleJobError, ValueTooLongError
 from storage.models import (
     Artifact,
     ArtifactKind,
@@ -76,9 +81,11 @@ class JobSpec:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
     def idempotency_key(self) -> str:
-        """SHA-256 over prompt, seed, preset and model (plus negative prompt and parameter
-        overrides, which change the output too); equal keys in one batch are one job."""
+        """SHA-256 over prompt id, prompt, seed, preset and model (plus negative prompt and parameter
+        overrides, which change the output too); equal keys in one batch are one job, so two ids with
+        the same prompt and seed are two jobs (each gets its video; the cache renders it once)."""
         document = {
+            "prompt_id": self.prompt_id,
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
@@ -119,8 +126,8 @@ class BatchSummary:
 
 
 def create_batch(session: Session, *, name: str, source: str, preset: str) -> Batch:
-    """Insert a pending batch and return it (with its id)."""
-    batch = Batch(name=name, source=source, preset=preset)
+    """Insert a pending batch and return it (with its id); a name too long for its column is shortened."""
+    batch = Batch(name=_label(name, Batch.name), source=source, preset=_fitting(preset, Batch.preset, "preset"))
     session.add(batch)
     session.flush()
     return batch
@@ -128,12 +135,13 @@ def create_batch(session: Session, *, name: str, source: str, preset: str) -> Ba
 
 def ensure_batch(session: Session, *, idempotency_key: str, name: str, source: str, preset: str) -> Batch:
     """The batch created earlier with this idempotency key (the same input submitted again),
-    or a new pending one; safe against concurrent submitters."""
+    or a new pending one; safe against concurrent submitters. A name too long for its column
+    is shortened."""
     row = {
-        "idempotency_key": idempotency_key,
-        "name": name,
+        "idempotency_key": _fitting(idempotency_key, Batch.idempotency_key, "batch idempotency key"),
+        "name": _label(name, Batch.name),
         "source": source,
-        "preset": preset,
+        "preset": _fitting(preset, Batch.preset, "preset"),
         "status": BatchStatus.pending,
         "created_at": utcnow(),
         "jobs_total": 0,
@@ -147,19 +155,20 @@ def ensure_batch(session: Session, *, idempotency_key: str, name: str, source: s
 
 def add_jobs(session: Session, batch_id: int, specs: Iterable[JobSpec]) -> list[Job]:
     """Add pending jobs to a batch, idempotently: a spec whose idempotency key already exists
-    in the batch (or repeats in ``specs``) maps to the existing job. Returns one job per spec."""
+    in the batch (or repeats in ``specs``) maps to the existing job. Returns one job per spec.
+    Every spec is checked before any is written (``ValueTooLongError`` for an overlong identifier)."""
     specs = list(specs)
     keys = [spec.idempotency_key() for spec in specs]
     now = utcnow()
     rows = {
         key: {
             "batch_id": batch_id,
-            "prompt_id": spec.prompt_id,
+            "prompt_id": _fitting(spec.prompt_id, Job.prompt_id, "prompt id"),
             "prompt": spec.prompt,
             "negative_prompt": spec.negative_prompt,
             "seed": spec.seed,
-            "preset": spec.preset,
-            "model_revision": spec.model_revision,
+            "preset": _fitting(spec.preset, Job.preset, "preset"),
+            "model_revision": _fitting(spec.model_revision, Job.model_revision, "model revision"),
             "parameters": dict(spec.parameters),
             "idempotency_key": key,
             "status": JobStatus.pending,
@@ -260,37 +269,19 @@ def release(session: Session, job: Job, worker: str) -> None:
     )
 
 
-def mark_crashed_attempts(session: Session, batch_id: int | None = None) -> int:
-    """Mark running attempts crashed when their job's lease has expired or passed to another
-    worker (the attempt's worker is gone). Returns how many were marked."""
-    now = utcnow()
-    orphaned = exists().where(
-        Job.id == Attempt.job_id,
-        or_(
-            Job.lease_expires_at.is_(None),
-            Job.lease_expires_at < now,
-            Job.lease_owner.is_(None),
-            Job.lease_owner != Attempt.worker,
-        ),
-        *_in_batch(batch_id),
-    )
-    return _run_update(
-        session,
-        update(Attempt)
-        .where(Attempt.outcome == AttemptOutcome.running, orphaned)
-        .values(outcome=AttemptOutcome.crashed, finished_at=now, error="worker lost its lease before finishing"),
-    )
-
-
 def requeue_expired(session: Session, batch_id: int | None = None) -> int:
     """Send jobs whose worker's lease expired back one step (anchoring -> pending, rendering ->
-    anchored, encoding -> rendered), after marking their running attempts crashed."""
-    mark_crashed_attempts(session, batch_id)
+    anchored, encoding -> rendered) and mark those jobs' running attempts crashed.
+
+    The jobs are updated first: on PostgreSQL each UPDATE re-checks the lease of a row a
+    heartbeat just renewed (that job keeps its lease and attempt) and keeps the requeued rows
+    locked until commit, so no heartbeat can slip in before their attempts are closed. Attempts
+    are touched only after their jobs, the lock order every other writer uses.
+    """
     now = utcnow()
-    requeued = 0
+    requeued: list[int] = []
     for working, fallback in EXPIRED_LEASE_FALLBACK.items():
-        requeued += _run_update(
-            session,
+        expired = (
             update(Job)
             .where(
                 Job.status == working,
@@ -303,21 +294,35 @@ def requeue_expired(session: Session, batch_id: int | None = None) -> int:
                 lease_expires_at=None,
                 last_error=f"lease expired during {working}",
                 updated_at=now,
-            ),
+            )
+            .returning(Job.id)
         )
-    return requeued
+        requeued += session.execute(expired, execution_options={"synchronize_session": False}).scalars()
+    for chunk in _chunks(requeued):
+        _run_update(
+            session,
+            update(Attempt)
+            .where(Attempt.job_id.in_(chunk), Attempt.outcome == AttemptOutcome.running)
+            .values(outcome=AttemptOutcome.crashed, finished_at=now, error="worker lost its lease before finishing"),
+        )
+    return len(requeued)
 
 
-def requeue_failed(session: Session, batch_id: int, *, max_attempts: int | None = None) -> int:
-    """Move failed jobs back to pending (those with fewer than ``max_attempts`` attempts, if given)."""
+def requeue_failed(
+    session: Session, batch_id: int, *, max_attempts: int | None = None, job_id: int | None = None
+) -> int:
+    """Move failed jobs (or the one ``job_id``) back to pending, those with fewer than ``max_attempts`` attempts
+    if given. Each starts a fresh count of attempts (its earlier ones stay on record)."""
     conditions = [Job.batch_id == batch_id, Job.status == JobStatus.failed]
     if max_attempts is not None:
         conditions.append(Job.attempt_count < max_attempts)
+    if job_id is not None:
+        conditions.append(Job.id == job_id)
     return _run_update(
         session,
         update(Job)
         .where(*conditions)
-        .values(status=JobStatus.pending, lease_owner=None, lease_expires_at=None, updated_at=utcnow()),
+        .values(status=JobStatus.pending, lease_owner=None, lease_expires_at=None, attempt_count=0, updated_at=utcnow()),
     )
 
 
@@ -404,6 +409,22 @@ def _guarded_update(session: Session, job: Job, values: dict[str, Any], guard: C
         raise StaleJobError(f"job {job.id} changed underneath: {why}")
     for name, value in zip(values, row, strict=True):
         set_committed_value(job, name, value)
+
+
+def _fitting(value: str, column: QueryableAttribute[Any], what: str) -> str:
+    """``value`` if it fits ``column``'s VARCHAR length; an identifier is never cut, so a longer
+    one is a ``ValueTooLongError`` (PostgreSQL would refuse it, SQLite would store it whole)."""
+    limit = cast(String, column.type).length
+    if limit is not None and len(value) > limit:
+        raise ValueTooLongError(f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def _label(value: str, column: QueryableAttribute[Any]) -> str:
+    """A display label shortened to ``column``'s VARCHAR length (ending in an ellipsis), so every
+    backend stores the same text."""
+    limit = cast(String, column.type).length
+    return value if limit is None or len(value) <= limit else value[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"
 
 
 def _run_update(session: Session, stmt: Update) -> int:

@@ -156,12 +156,17 @@ class LatentCache:
         """Download the cached MP4 to ``dest`` (verified) and return its record, or ``None``."""
         return self._fetch_entry(ArtifactKind.video, key, Path(dest))
 
-    def get_video_uri(self, key: str, *, expires: int = 3600) -> str | None:
-        """A fetchable URI of the cached MP4 (presigned for S3) or ``None``; not verified here."""
+    def video_object(self, key: str) -> StoredObject | None:
+        """The cached MP4's object if its entry is complete (record and payload), else ``None``; not verified here."""
         payload_key, record_key = self._keys(ArtifactKind.video, key)
         if not (self.store.exists(record_key) and self.store.exists(payload_key)):
             return None
-        return self.store.presign(payload_key, expires)
+        return self.store.stat(payload_key)
+
+    def get_video_uri(self, key: str, *, expires: int = 3600) -> str | None:
+        """A fetchable URI of the cached MP4 (presigned for S3) or ``None``; not verified here."""
+        stored = self.video_object(key)
+        return None if stored is None else self.store.presign(stored.key, expires)
 
     def _put_entry(
         self, kind: ArtifactKind, key: str, path: Path, record: Mapping[str, Any], extra: Mapping[str, Any]

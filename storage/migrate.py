@@ -4,12 +4,13 @@ Alembic is configured in code (``script_location`` is the installed ``migrations
 so this works from an installed wheel without the repository-root ``alembic.ini``.
 ``pixelwizard db upgrade`` calls ``upgrade()``. On SQLite each run holds ``BEGIN IMMEDIATE``
 (transactional DDL, concurrent upgraders wait); on PostgreSQL ``migrations/env.py`` takes an
-advisory lock for the same reason.
+advisory lock for the same reason. A revision these migrations do not have (a database made by
+a newer PixelWizard, a mistyped target) is a one-line ``SchemaRevisionError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, event
 
 import migrations
-from storage.database import check_connection, create_db_engine
+from storage.database import _one_line, check_connection, create_db_engine, safe_url
+from storage.errors import SchemaRevisionError
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -29,13 +32,13 @@ MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Upgrade the database at ``url`` (default from settings) to ``revision``."""
     with _migration_connection(url) as connection:
-        command.upgrade(_config(connection), revision)
+        _run(command.upgrade, connection, revision)
 
 
 def downgrade(url: str | None, revision: str) -> None:
     """Downgrade the database at ``url`` to ``revision`` (``"base"`` drops every table)."""
     with _migration_connection(url) as connection:
-        command.downgrade(_config(connection), revision)
+        _run(command.downgrade, connection, revision)
 
 
 def ensure_schema(url: str | None = None) -> None:
@@ -93,6 +96,23 @@ def _migration_connection(url: str | None) -> Iterator[Connection]:
             yield connection
     finally:
         engine.dispose()
+
+
+def _run(action: Callable[[Config, str], None], connection: Connection, revision: str) -> None:
+    """Run an Alembic command to ``revision``; its errors (a revision these migrations do not
+    have, in the database or as the target) become a one-line ``SchemaRevisionError``."""
+    try:
+        action(_config(connection), revision)
+    except CommandError as err:
+        where = safe_url(connection.engine.url)
+        known = {script.revision for script in ScriptDirectory.from_config(_config(None)).walk_revisions()}
+        unknown = [rev for rev in MigrationContext.configure(connection).get_current_heads() if rev not in known]
+        if unknown:
+            raise SchemaRevisionError(
+                f"database {where} is at revision {', '.join(unknown)}, which this PixelWizard does not know "
+                "(made by a newer version?)"
+            ) from None
+        raise SchemaRevisionError(f"cannot migrate database {where} to {revision}: {_one_line(err)}") from None
 
 
 def _config(connection: Connection | None) -> Config:

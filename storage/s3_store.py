@@ -2,11 +2,13 @@
 
 Configured by an ``s3://bucket/prefix`` URL plus the usual AWS environment or profile;
 ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` (or ``S3Options.endpoint_url``) select a
-non-AWS endpoint, which is then addressed path-style. Uploads go through boto3's managed
-transfer, so objects above ``multipart_threshold`` are multipart and only become visible
-when the upload completes. Create-only writes send ``If-None-Match: *`` on the PUT, the
-multipart completion and server-side copies. The SHA-256 lives in user metadata ``sha256``.
-Transient network errors are retried by botocore (``max_attempts``, standard mode).
+non-AWS endpoint, which is then addressed path-style and sent CRC checksum headers only
+where the API requires them (several S3-compatible servers reject botocore's default ones).
+Uploads go through boto3's managed transfer, so objects above ``multipart_threshold`` are
+multipart and only become visible when the upload completes. Create-only writes send
+``If-None-Match: *`` on the PUT, the multipart completion and server-side copies. The
+SHA-256 lives in user metadata ``sha256``. Transient network errors are retried by
+botocore (``max_attempts``, standard mode).
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ _CREATE_ONLY_EVENTS = (
     "before-parameter-build.s3.CompleteMultipartUpload",
     "before-parameter-build.s3.CopyObject",
 )
+# botocore >= 1.36 adds CRC checksum headers to every request it can ("when_supported"), which
+# several S3-compatible servers reject; off AWS send them only where the API demands them
+# (integrity is already checked against our own SHA-256 metadata).
+_COMPATIBLE_CHECKSUMS = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ class S3Store(ObjectStore):
             read_timeout=self.options.read_timeout,
             signature_version="s3v4",
             s3={"addressing_style": "path"} if self.endpoint_url else None,
+            **(_COMPATIBLE_CHECKSUMS if self.endpoint_url else {}),
         )
         self._client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         self._create_only_client = session.client("s3", endpoint_url=self.endpoint_url, config=config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -54,6 +55,36 @@ def test_unreachable_database_gives_one_line_error(url: str) -> None:
     assert "\n" not in message and message.startswith("cannot ")
     assert "s3cret" not in message
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("action", [open_database, migrate.upgrade, migrate.current_revision])
+def test_non_numeric_port_is_a_one_line_error_without_the_password(action: Callable[[str], object]) -> None:
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        action("postgresql+psycopg://pixel:s3cret@db.example:notaport/pixelwizard")
+
+    assert str(caught.value) == (
+        "cannot open database postgresql+psycopg://pixel:***@db.example:notaport/pixelwizard: the port is not a number"
+    )
+    assert caught.value.__suppress_context__
+
+
+def test_sqlite_url_under_home_opens_the_file_whose_folder_it_made(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # where a literal "~" folder would go
+    url = "sqlite:///~/runs/pixelwizard.db"
+
+    factory = open_database(url)
+    with factory.begin() as session:
+        create_batch(session, name="b", source="s", preset="p")
+
+    assert (tmp_path / "home" / "runs" / "pixelwizard.db").is_file()
+    assert not (tmp_path / "cwd" / "~").exists()
+    assert migrate.current_revision(url) == migrate.head_revision()
+    with open_database(url)() as session:
+        assert session.scalars(select(Batch.name)).all() == ["b"]
 
 
 def test_missing_postgres_database_is_unavailable(pg_url: str) -> None:

@@ -6,14 +6,16 @@ import itertools
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, event, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import IllegalTransitionError, StaleJobError
+from storage import IllegalTransitionError, StaleJobError, ValueTooLongError
 from storage.database import open_database
-from storage.enums import ALLOWED_TRANSITIONS, is_allowed_transition
+from storage.enums import ALLOWED_TRANSITIONS, EXPIRED_LEASE_FALLBACK, is_allowed_transition
 from storage.jobs import (
     BatchSummary,
     JobSpec,
@@ -32,7 +34,7 @@ from storage.jobs import (
     start_attempt,
     transition,
 )
-from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, BatchStatus, Job, JobStatus
+from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Batch, BatchStatus, Job, JobStatus, utcnow
 from storage.object_store import StoredObject
 
 S = JobStatus
@@ -85,13 +87,15 @@ def test_add_jobs_is_idempotent_per_batch(factory: sessionmaker[Session]) -> Non
         changed_model = add_jobs(
             session, batch.id, [JobSpec("p1", "a red fox", 7, "4k", "rev2", parameters={"steps": 4})]
         )
+        other_id = add_jobs(session, batch.id, [JobSpec("p2", "a red fox", 7, "4k", "rev1", parameters={"steps": 4})])
 
     assert first[0].id == first[1].id == again[0].id
+    assert other_id[0].id not in (first[0].id, again[1].id, changed_model[0].id)  # another shot of the same prompt
     assert again[1].id != first[0].id
     assert elsewhere[0].id != first[0].id
     assert changed_model[0].id not in (first[0].id, again[1].id)
     with factory() as session:
-        assert batch_summary(session, batch.id).counts == {S.pending: 3}
+        assert batch_summary(session, batch.id).counts == {S.pending: 4}
         assert session.get(Job, first[0].id).parameters == {"steps": 4}  # type: ignore[union-attr]
 
 
@@ -339,3 +343,131 @@ def test_concurrent_workers_claim_each_job_exactly_once(factory: sessionmaker[Se
 
 def _dialect(engine: Engine) -> str:
     return engine.dialect.name
+
+
+def test_long_batch_name_is_shortened_alike_on_every_backend(factory: sessionmaker[Session]) -> None:
+    # A batch name is a display label filled from the prompt file's stem: PostgreSQL would refuse
+    # more than its VARCHAR(200) where SQLite stores it whole, so both store the same shortened name.
+    with factory.begin() as session:
+        created = create_batch(session, name="n" * 250, source="s", preset="4k")
+        ensured = ensure_batch(session, idempotency_key="k" * 64, name="\u00e9" * 201, source="s", preset="4k")
+        exact = create_batch(session, name="x" * 200, source="s", preset="4k")
+    with factory() as session:
+        names = dict(session.execute(select(Batch.id, Batch.name)).tuples().all())
+
+    assert names == {created.id: "n" * 199 + "\u2026", ensured.id: "\u00e9" * 199 + "\u2026", exact.id: "x" * 200}
+
+
+@pytest.mark.parametrize(
+    ("field", "limit", "spec"),
+    [
+        ("prompt id", 200, JobSpec("p" * 201, "a prompt", 1, "4k-fast", "rev1")),
+        ("preset", 100, JobSpec("p1", "a prompt", 1, "4" * 101, "rev1")),
+        ("model revision", 200, JobSpec("p1", "a prompt", 1, "4k-fast", "r" * 201)),
+    ],
+)
+def test_overlong_job_identifier_is_refused_before_any_job_is_written(
+    factory: sessionmaker[Session], field: str, limit: int, spec: JobSpec
+) -> None:
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+
+    with pytest.raises(ValueTooLongError) as caught, factory.begin() as session:
+        add_jobs(session, batch_id, [JobSpec("fine", "another prompt", 2, "4k-fast", "rev1"), spec])
+
+    message = str(caught.value)
+    assert message.startswith(f"{field} '")
+    assert message.endswith(f"is {limit + 1} characters long; the limit is {limit}")
+    with factory() as session:
+        assert session.scalars(select(Job.id).where(Job.batch_id == batch_id)).all() == [job_id]
+
+
+@pytest.mark.parametrize(
+    ("field", "override"), [("preset", {"preset": "4" * 101}), ("batch idempotency key", {"idempotency_key": "k" * 65})]
+)
+def test_overlong_batch_identifier_is_refused(
+    factory: sessionmaker[Session], field: str, override: dict[str, str]
+) -> None:
+    fields = {"idempotency_key": "k" * 64, "name": "b", "source": "s", "preset": "4k"} | override
+
+    with pytest.raises(ValueTooLongError, match=f"^{field} '"), factory.begin() as session:
+        ensure_batch(session, **fields)
+
+    with factory() as session:
+        assert session.scalars(select(Batch)).all() == []
+
+
+@pytest.mark.parametrize("working", [S.anchoring, S.rendering, S.encoding])
+def test_heartbeat_inside_requeue_expired_never_leaves_a_live_lease_with_a_crashed_attempt(
+    pg_url: str, pg_admin_engine: Engine, working: JobStatus
+) -> None:
+    # PostgreSQL runs READ COMMITTED, so a heartbeat on another connection can commit between
+    # requeue_expired's statements; here it is sent right after requeue_expired's first UPDATE.
+    # Whichever wins, job and attempt agree: requeued with the attempt crashed and the heartbeat
+    # refused, or still leased (renewed before requeue_expired reached that job) with the attempt
+    # running. SQLite holds its write lock from the first UPDATE to commit: nothing to interleave.
+    factory = open_database(pg_url)
+    batch_id, [job_id] = _batch_with_jobs(factory, 1)
+    job = claim_next_job(factory, batch_id, "w", lease_seconds=60)
+    assert job is not None
+    chain = [S.anchoring, S.anchored, S.rendering, S.rendered, S.encoding]
+    with factory.begin() as session:
+        for status in chain[: chain.index(working) + 1]:
+            transition(session, job, status, worker="w")
+        attempt = start_attempt(session, job, working, "w")
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+    worker_side = open_database(pg_url, migrate=False)  # the worker's own engine and connection
+    renewal: dict[str, Any] = {}
+
+    def renew() -> None:
+        try:
+            with worker_side.begin() as session:
+                renewal["pid"] = session.scalar(text("SELECT pg_backend_pid()"))
+                heartbeat(session, session.get(Job, job_id), "w", 60)
+            renewal["outcome"] = "renewed"
+        except StaleJobError:
+            renewal["outcome"] = "refused"
+
+    renewer = threading.Thread(target=renew)
+
+    def heartbeat_now(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        """After the first UPDATE: run the heartbeat until it commits or waits for our lock."""
+        if renewer.ident is not None or not statement.lstrip().upper().startswith("UPDATE"):
+            return
+        renewer.start()
+        deadline = time.monotonic() + 30
+        while renewer.is_alive() and not _waits_for_a_lock(pg_admin_engine, renewal.get("pid")):
+            assert time.monotonic() < deadline, "the heartbeat neither finished nor waited for a lock"
+            time.sleep(0.01)
+
+    engine = factory.kw["bind"]
+    event.listen(engine, "after_cursor_execute", heartbeat_now)
+    try:
+        with factory.begin() as session:
+            requeued = requeue_expired(session, batch_id)
+    finally:
+        event.remove(engine, "after_cursor_execute", heartbeat_now)
+    renewer.join(timeout=30)
+
+    assert renewer.ident is not None and not renewer.is_alive()
+    with factory() as session:
+        after = session.get(Job, job_id)
+        crashed_or_running = session.get(Attempt, attempt.id).outcome  # type: ignore[union-attr]
+    assert after is not None
+    if requeued:
+        assert (renewal["outcome"], after.status, after.lease_owner, crashed_or_running) == (
+            "refused", EXPIRED_LEASE_FALLBACK[working], None, AttemptOutcome.crashed
+        )
+    else:
+        assert (renewal["outcome"], after.status, after.lease_owner, crashed_or_running) == (
+            "renewed", working, "w", AttemptOutcome.running
+        )
+        assert after.lease_expires_at is not None and after.lease_expires_at > utcnow()
+
+
+def _waits_for_a_lock(admin: Engine, pid: int | None) -> bool:
+    """Whether PostgreSQL backend ``pid`` is blocked by another session's lock."""
+    if pid is None:
+        return False
+    with admin.connect() as connection:
+        return bool(connection.execute(text("SELECT cardinality(pg_blocking_pids(:pid)) > 0"), {"pid": pid}).scalar())

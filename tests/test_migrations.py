@@ -10,10 +10,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 import migrations
-from storage import migrate
+from storage import SchemaRevisionError, migrate
+from storage.database import open_database, safe_url
 from storage.models import Base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +103,33 @@ def test_upgrade_of_unreachable_database_is_a_clear_error() -> None:
 
     with pytest.raises(DatabaseUnavailableError, match="cannot connect"):
         migrate.upgrade("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+
+
+def test_database_from_a_newer_version_is_a_one_line_error(db_url: str) -> None:
+    migrate.upgrade(db_url)
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    engine.dispose()
+    expected = (
+        f"database {safe_url(db_url)} is at revision 0002, which this PixelWizard does not know "
+        "(made by a newer version?)"
+    )
+
+    for action in (open_database, migrate.upgrade, lambda url: migrate.downgrade(url, "base")):
+        with pytest.raises(SchemaRevisionError) as caught:
+            action(db_url)
+        assert str(caught.value) == expected and caught.value.__suppress_context__
+
+    assert migrate.current_revision(db_url) == "0002"  # left as it was
+    assert _tables(db_url) == TABLES
+
+
+def test_unknown_target_revision_is_a_one_line_error(sqlite_url: str) -> None:
+    with pytest.raises(SchemaRevisionError) as caught:
+        migrate.upgrade(sqlite_url, "nonsense")
+
+    assert str(caught.value) == (
+        f"cannot migrate database {sqlite_url} to nonsense: Can't locate revision identified by 'nonsense'"
+    )
+    assert migrate.current_revision(sqlite_url) is None and _tables(sqlite_url) == set()

@@ -9,9 +9,12 @@ import struct
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 from urllib.request import urlopen
 
 import pytest
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from conftest import S3Bucket
 
 from storage import (
@@ -137,6 +140,69 @@ def test_move_is_create_only(s3_bucket: S3Bucket) -> None:
 
     assert sorted(_stored_keys(s3_bucket)) == ["runs/test/b", "runs/test/quarantine/a"]
     assert store.get_bytes("quarantine/a") == b"A"  # checksum metadata travelled with it
+
+
+def test_move_onto_a_key_created_after_the_check_is_refused(
+    s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The destination appears between move()'s exists() pre-check and its copy: here the check is
+    # made to miss it. moto 5.2 ignores If-None-Match on CopyObject (it would overwrite), so the
+    # create-only client answers as AWS does: 412 PreconditionFailed for If-None-Match: * onto an
+    # existing key; the request itself still comes from botocore with the store's own headers.
+    store = _open(s3_bucket)
+    store.put_bytes("a", b"A")
+    store.put_bytes("b", b"B")
+    really_exists = store.exists
+    monkeypatch.setattr(store, "exists", lambda key: key != "b" and really_exists(key))
+    refused: list[str] = []
+
+    def aws_conditional_copy(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        key = unquote(params["url_path"].lstrip("/"))
+        if params["headers"].get("If-None-Match") != "*" or key not in _stored_keys(s3_bucket):
+            return None
+        refused.append(key)
+        error = {"Code": "PreconditionFailed", "Message": "At least one of the pre-conditions did not hold"}
+        return AWSResponse(params["url"], 412, {}, None), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 412}}
+
+    store._create_only_client.meta.events.register("before-call.s3.CopyObject", aws_conditional_copy)
+
+    with pytest.raises(ObjectExistsError, match=r"cannot move 'a': s3://.*/runs/test/b already exists"):
+        store.move("a", "b")
+
+    assert refused == ["runs/test/b"]
+    assert store.get_bytes("b") == b"B" and store.get_bytes("a") == b"A"  # nothing overwritten, nothing deleted
+
+
+def test_custom_endpoint_gets_no_optional_checksum_headers(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    # botocore >= 1.36 would add x-amz-checksum-crc32 / x-amz-sdk-checksum-algorithm to uploads and
+    # x-amz-checksum-mode to downloads, which MinIO (older), Backblaze B2, Ceph... reject.
+    store = _open(s3_bucket, options=SMALL_PARTS)
+    sent: list[tuple[str, set[str]]] = []
+
+    def record(request: AWSPreparedRequest, event_name: str, **_: Any) -> None:
+        sent.append((event_name.rsplit(".", 1)[-1], {name.lower() for name in request.headers}))
+
+    for client in (store._client, store._create_only_client):
+        client.meta.events.register("before-send.s3", record)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 * MiB))
+
+    store.put_bytes("plain", b"plain")
+    store.put_bytes("create-only", b"create-only", create_only=True)
+    store.put_file("multipart", big, create_only=True)
+    store.get_bytes("plain")
+    store.move("plain", "moved")
+
+    operations = [operation for operation, _ in sent]
+    assert operations.count("PutObject") == 2
+    assert {"UploadPart", "CompleteMultipartUpload", "GetObject", "CopyObject"} <= set(operations)
+    offending = {
+        (operation, name)
+        for operation, names in sent
+        for name in names
+        if name.startswith("x-amz-checksum-") or name == "x-amz-sdk-checksum-algorithm"
+    }
+    assert offending == set()
 
 
 def test_tampered_object_is_detected(s3_bucket: S3Bucket, tmp_path: Path) -> None:
