@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from benchmarks.common import build, environment, log, peak_gb, pick_device, reset_peak, timed, vae_config, write_json
-from pixelwizard.decoding import chunk_spans
+from pixelwizard.decoding import DECODE_OVERLAP, chunk_spans
 
 
 def channels_last(vae: AutoencoderKLWan) -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     device = pick_device(args.device)
     vae = build(lambda: AutoencoderKLWan(**vae_config(args.tiny)), device, torch.bfloat16)
     height, width, frames, chunks = (8, 16, 3, 3) if args.tiny else (90, 160, 31, 3)
-    start, end = chunk_spans(width, chunks, 3)[0]
+    start, end = chunk_spans(width, chunks, DECODE_OVERLAP)[0]
     latent = torch.randn(1, 48, frames, height, end - start, device=device, dtype=torch.bfloat16)
     result: dict[str, Any] = {"environment": environment(device), "latent": list(latent.shape), "variants": {}}
     result["variants"]["channels_first"] = decode_once(vae, latent, device)

@@ -42,7 +42,7 @@ from benchmarks.common import (
     vae_config,
     write_json,
 )
-from pixelwizard.decoding import chunk_spans
+from pixelwizard.decoding import DECODE_OVERLAP, chunk_spans
 from pixelwizard.default_model import TINY_VOCABULARY
 from pixelwizard.models.tokenizer import build_word_tokenizer
 from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
@@ -153,7 +153,7 @@ def decode_stage(pipe, preset: Preset, device: str, cudnn_benchmark: bool, full:
     latent frames with a line read at the full count."""
     torch.backends.cudnn.benchmark = cudnn_benchmark
     shape = pipe.latent_shape(preset.detail_width, preset.detail_height, preset.num_frames)
-    start, end = chunk_spans(shape[-1], preset.decode_chunks, 3)[0]
+    start, end = chunk_spans(shape[-1], preset.decode_chunks, DECODE_OVERLAP)[0]
     counts = (shape[2],) if full else DECODE_FIT
     latent = torch.randn(shape[:2] + (max(counts),) + shape[3:4] + (end - start,))
     offloader = pipe._offloader

@@ -147,10 +147,25 @@ def run(
     """Run a batch end to end here: ingest, anchors, render workers, summary."""
     _quiet_prefect()
     from flows.batch import nightly_batch
+    from flows.ingestion import read_batch_input
 
     overrides = _parse_overrides(override or [])
+    _check_here(out, device, lambda: read_batch_input(file, preset, model, overrides))
     report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides))
     _finish(report, as_json, out)
+
+
+def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
+    """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, then ``check_inputs()``."""
+    from pixelwizard.devices import resolve_device
+
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a folder")
+    try:
+        resolve_device(device)
+        check_inputs()
+    except _known_errors() as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -176,30 +191,41 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 def submit(
     file: Annotated[str, typer.Argument(help="Prompt file URI the workers can read (s3://... or a shared path).")],
     preset: Annotated[str, typer.Option(help="tiny, 2k or 4k.")] = "2k",
-    workers: Workers = 1,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Render workers (default: the deployment's).")] = None,
     model: Model = None,
     seed: int = 0,
-    gpus: Annotated[int, typer.Option(min=1, help="GPU slots per host; worker i gets GPU i mod GPUS.")] = 1,
+    gpus: Annotated[Optional[int], typer.Option(
+        min=1, help="GPU slots per host; worker i gets GPU i mod GPUS (default: the deployment's).")] = None,
     override: Overrides = None,
     deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
 ) -> None:
     """Start the batch on the Prefect server's deployment and print the flow run id."""
     _quiet_prefect()
     from flows.batch import prefect_api_configured
+    from pixelwizard.presets import PresetError, get_preset
 
     overrides = _parse_overrides(override or [])
+    try:
+        get_preset(preset).with_overrides(**overrides)
+    except PresetError as exc:
+        fail(str(exc))
     if not prefect_api_configured():
         fail("no Prefect API configured: set PREFECT_API_URL (see docs/deployment.md)")
     from prefect.deployments import run_deployment
 
-    run = run_deployment(
-        deployment,
-        parameters={"source": file, "preset": preset, "workers": workers, "model": model, "seed": seed,
-                    "gpus": gpus, "overrides": overrides},
-        timeout=0,
-        as_subflow=False,
-    )
+    parameters = {"source": file, "preset": preset, "model": model, "seed": seed, "overrides": overrides}
+    parameters |= {name: value for name, value in (("workers", workers), ("gpus", gpus)) if value is not None}
+    try:
+        run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
+    except Exception as exc:  # at the CLI's edge: an unreachable server or an unknown deployment, as one line
+        fail(f"cannot start {deployment} on {_api_url()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment}")
+
+
+def _api_url() -> str:
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url)
 
 
 @batch_app.command("status")
@@ -255,20 +281,27 @@ def resume(
     as_json: AsJson = False,
 ) -> None:
     """Requeue failed and crashed jobs of a batch and run only what is missing."""
+    _resume(batch_id, workers, model, device, out, as_json, requeue_failed_jobs=True)
+
+
+def _resume(batch_id: int, workers: int, model: str | None, device: str | None, out: Path | None, as_json: bool,
+            *, requeue_failed_jobs: bool) -> None:
     _quiet_prefect()
-    from flows.batch import resume_batch
+    from flows.batch import check_batch_model, resume_batch
 
     _report(batch_id)  # fails early on an unknown batch
-    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device), batch_hint=batch_id)
+    _check_here(out, device, lambda: check_batch_model(batch_id, model))
+    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_failed_jobs=requeue_failed_jobs),
+                       batch_hint=batch_id)
     _finish(report, as_json, out)
 
 
 @jobs_app.command("retry")
 def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", help="Resume the batch now.")] = True,
           model: Model = None, device: Device = None) -> None:
-    """Requeue one failed job (and by default resume its batch)."""
+    """Requeue one failed job with a fresh count of attempts and, by default, run it (not the batch's other failed jobs)."""
     from flows import resources
-    from storage.jobs import transition
+    from storage.jobs import requeue_failed
     from storage.models import Job, JobStatus
 
     try:
@@ -278,13 +311,13 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
                 fail(f"no job {job_id}")
             if job.status != JobStatus.failed:
                 fail(f"job {job_id} is {job.status}, only failed jobs can be retried")
-            transition(session, job, JobStatus.pending)
             batch_id = job.batch_id
+            requeue_failed(session, batch_id, job_id=job_id)
     except _known_errors() as exc:
         fail(str(exc))
     typer.echo(f"job {job_id} requeued in batch {batch_id}")
     if run_now:
-        resume(batch_id, 1, model, device, Path("out"), False)
+        _resume(batch_id, 1, model, device, Path("out"), False, requeue_failed_jobs=False)
 
 
 @cache_app.command("ls")
@@ -292,12 +325,15 @@ def cache_ls(prefix: Annotated[str, typer.Argument(help="anchors, details, video
     """List cached objects with their sizes."""
     from flows import resources
 
-    store = resources.cache().store
     total = 0
-    for key in store.list(prefix):
-        size = store.stat(key).size
-        total += size
-        typer.echo(f"{size:>12}  {key}")
+    try:
+        store = resources.cache().store
+        for key in store.list(prefix):
+            size = store.stat(key).size
+            total += size
+            typer.echo(f"{size:>12}  {key}")
+    except _known_errors() as exc:
+        fail(str(exc))
     typer.echo(f"{total:>12}  total")
 
 
@@ -309,7 +345,10 @@ def cache_gc(
     """Delete cached latents older than the limit that no unfinished job still needs (videos stay)."""
     from flows.cache_gc import collect_garbage
 
-    removed = collect_garbage(older_than_days, dry_run=dry_run)
+    try:
+        removed = collect_garbage(older_than_days, dry_run=dry_run)
+    except _known_errors() as exc:
+        fail(str(exc))
     for key in removed:
         typer.echo(("would remove " if dry_run else "removed ") + key)
     typer.echo(f"{len(removed)} object(s) {'to remove' if dry_run else 'removed'}")

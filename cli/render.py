@@ -59,6 +59,8 @@ def render(
         fail(f"unknown solver {solver!r}; choose unipc or euler")
     if codec not in ("h264", "hevc10"):
         fail(f"unknown codec {codec!r}; choose h264 or hevc10")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a folder")
     try:
         chosen = get_preset(preset).with_overrides(
             detail_steps=steps, anchor_steps=anchor_steps, detail_width=width, detail_height=height,

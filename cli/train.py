@@ -222,6 +222,13 @@ def train_vae_command(
         fail(str(exc))
     if stats_clips < 1:
         fail(f"stats clips must be at least 1, got {stats_clips}")
+    if clips < 1:
+        fail(f"clips must be at least 1, got {clips}")
+    if frames < 1 or (frames - 1) % 4:
+        fail(f"frame count {frames} is not of the form 4k+1 (e.g. 9, 17)")
+    for label, value in (("width", width), ("height", height)):
+        if value <= 0 or value % 16:
+            fail(f"{label} {value} is not a positive multiple of 16")
     source = _dataset(data, frames, width, height, clips, seed)
     pipe = _open(model, target, seed)
 

@@ -210,15 +210,36 @@ def nightly_batch(
     return _summary(batch_id, anchor_counts)
 
 
+class BatchModelError(ValueError):
+    """The model given to resume a batch is not the one its jobs were submitted for."""
+
+
+def check_batch_model(batch_id: int, model: str | None) -> None:
+    """Raise BatchModelError unless every unfinished job of the batch was submitted for ``model``'s revision."""
+    with resources.database()() as session:
+        revisions = set(session.scalars(
+            select(Job.model_revision).where(Job.batch_id == batch_id, Job.status != JobStatus.done).distinct()
+        ))
+    mine = resources.revision(model)
+    if revisions - {mine}:
+        raise BatchModelError(
+            f"batch {batch_id} was submitted for model revision {sorted(revisions - {mine})[0]}, but "
+            f"{resources.model_path(model)} is revision {mine}: pass --model with the batch's model"
+        )
+
+
 @flow(name="resume-batch")
 def resume_batch(
-    batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1
+    batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1,
+    requeue_failed_jobs: bool = True,
 ) -> dict[str, Any]:
-    """Requeue failed and expired jobs, then run only the stages they are missing."""
+    """Requeue failed (unless told not to) and expired jobs, then run only the stages they are missing."""
     from storage.jobs import requeue_expired, requeue_failed
 
+    check_batch_model(batch_id, model)
     with resources.database().begin() as session:
-        requeued = requeue_failed(session, batch_id) + requeue_expired(session, batch_id)
+        requeued = requeue_failed(session, batch_id) if requeue_failed_jobs else 0
+        requeued += requeue_expired(session, batch_id)
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)
     _fan_out(batch_id, workers, gpus, model, device)

@@ -8,23 +8,24 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from flows import resources
-from storage.enums import TERMINAL_STATUSES
+from storage.enums import JobStatus
 from storage.models import Artifact, Job
 
 LATENT_PREFIXES = ("anchors/", "details/")
+FINISHED = (JobStatus.done, JobStatus.cancelled)  # failed jobs are not finished: resume and retry requeue them
 
 
 def collect_garbage(older_than_days: float, *, dry_run: bool = False) -> list[str]:
     """Remove (or with ``dry_run`` only list) latent entries older than the limit; returns their keys.
 
-    Videos are outputs and are never collected; entries referenced by a job that is not yet
-    finished are kept whatever their age, so a resume never loses work.
+    Videos are outputs and are never collected; entries referenced by a job that is not done or
+    cancelled (failed ones included) are kept whatever their age, so a resume never loses work.
     """
     store = resources.cache().store
     with resources.database()() as session:
         needed = set(
             session.scalars(
-                select(Artifact.uri).join(Job, Job.id == Artifact.job_id).where(Job.status.not_in(TERMINAL_STATUSES))
+                select(Artifact.uri).join(Job, Job.id == Artifact.job_id).where(Job.status.not_in(FINISHED))
             )
         )
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)

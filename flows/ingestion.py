@@ -9,24 +9,31 @@ from typing import Any
 
 from flows import resources
 from pixelwizard.presets import get_preset
-from pixelwizard.prompts import PromptFileError, parse_prompts
+from pixelwizard.prompts import PromptFileError, PromptSpec, parse_prompts
 from storage.jobs import JobSpec, add_jobs, ensure_batch
 from storage.sources import read_source
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl"}
 
 
-def create_batch_from_source(
-    source: str, preset: str, model: str | None, seed: int, name: str | None, overrides: dict[str, Any]
-) -> int:
-    """Validate everything first (prompts, preset, model), then write the batch and jobs in one transaction."""
+def read_batch_input(
+    source: str, preset: str, model: str | None, overrides: dict[str, Any]
+) -> tuple[bytes, list[PromptSpec], str]:
+    """The prompt file's bytes and prompts and the model's revision, every input checked (one-line errors)."""
     suffix = PurePosixPath(source.split("?", 1)[0]).suffix.lower()
     if suffix not in FORMATS:
         raise PromptFileError(f"{source}: unknown prompt file type {suffix or '(none)'}; use .txt or .jsonl")
     data = read_source(source)
     specs = parse_prompts(data, source, FORMATS[suffix])
     get_preset(preset).with_overrides(**overrides)
-    revision = resources.revision(model)
+    return data, specs, resources.revision(model)
+
+
+def create_batch_from_source(
+    source: str, preset: str, model: str | None, seed: int, name: str | None, overrides: dict[str, Any]
+) -> int:
+    """Validate everything first (prompts, preset, model), then write the batch and jobs in one transaction."""
+    data, specs, revision = read_batch_input(source, preset, model, overrides)
     identity = {
         "content": hashlib.sha256(data).hexdigest(),
         "preset": preset,

@@ -95,7 +95,9 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
 
 
 def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> StoredObject:
-    """The detail latent, rendered from the cached anchor (regenerated if the cache lost it)."""
+    """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it)."""
+    if cache.get(ArtifactKind.detail_latent, plan.detail_key) is not None:  # e.g. a resumed job that failed later
+        return cache.store.stat(f"details/{plan.detail_key}.safetensors")
     hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
     if hit is None:
         log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
@@ -109,9 +111,12 @@ def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
 
 
 def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
-    """Decode the cached detail latent and store the MP4 (re-rendering the latent if it was lost)."""
+    """The MP4 from the cache, or decoded from the cached detail latent (re-rendered if it was lost) and stored."""
     from pixelwizard.video import encode_video
 
+    cached = cache.video_object(plan.video_key)  # a job that failed after its video was stored
+    if cached is not None:
+        return cached
     hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
     if hit is None:
         log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)

@@ -113,13 +113,16 @@ def run_stage(
     return stored
 
 
-def failed_attempts(session: Session, job_id: int, stage: JobStatus) -> int:
-    """How many tries at ``stage`` failed or crashed."""
+def failed_attempts(session: Session, job: Job, stage: JobStatus) -> int:
+    """How many tries at ``stage`` failed or crashed since the job was last requeued: among its latest
+    ``attempt_count`` attempts (a requeue of a failed job resets that count)."""
+    latest = (
+        select(Attempt.stage, Attempt.outcome).where(Attempt.job_id == job.id)
+        .order_by(Attempt.id.desc()).limit(job.attempt_count).subquery()
+    )
     return session.scalar(
-        select(func.count()).select_from(Attempt).where(
-            Attempt.job_id == job_id,
-            Attempt.stage == stage,
-            Attempt.outcome.in_([AttemptOutcome.failed, AttemptOutcome.crashed]),
+        select(func.count()).select_from(latest).where(
+            latest.c.stage == stage, latest.c.outcome.in_([AttemptOutcome.failed, AttemptOutcome.crashed])
         )
     )
 
@@ -134,7 +137,7 @@ def give_up_stage(
         if stage not in STAGES or job.lease_owner != worker:
             return stage  # the lease went to someone else meanwhile; nothing of ours to undo
         message = one_line(error)
-        if failed_attempts(session, job_id, stage) >= max_attempts:
+        if failed_attempts(session, job, stage) >= max_attempts:
             transition(session, job, JobStatus.failed, worker=worker, error=message)
             log.error("job %s failed %s %d times; giving up: %s", job_id, stage, max_attempts, message)
             return JobStatus.failed

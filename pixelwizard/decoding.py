@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+DECODE_OVERLAP = 3  # latent columns neighbouring chunks share: 48 pixels at 16 a column (SPEC.md 6)
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]  # latent (B,C,F,h,w) -> video (B,3,T,H,W) in [-1, 1]
 
 
@@ -56,7 +57,7 @@ def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu()
 
 
-def decode_frames(decode: DecodeFn, latent: torch.Tensor, *, chunks: int = 1, overlap: int = 3) -> torch.Tensor:
+def decode_frames(decode: DecodeFn, latent: torch.Tensor, *, chunks: int = 1, overlap: int = DECODE_OVERLAP) -> torch.Tensor:
     """Decode one latent (1, C, F, h, w) to uint8 frames (T, H, W, 3) on the CPU."""
     if latent.shape[0] != 1:
         raise ValueError("decode one video at a time")

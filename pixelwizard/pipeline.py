@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler, WanTransformer3DModel
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
-from pixelwizard.decoding import decode_frames, latent_stats
+from pixelwizard.decoding import DECODE_OVERLAP, decode_frames, latent_stats
 from pixelwizard.guidance import guided_velocity
 from pixelwizard.memory import Offload, StageOffloader
 from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
@@ -229,7 +229,7 @@ class PixelWizardPipeline(DiffusionPipeline):
 
     # -- stage 3: decode --------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, *, chunks: int = 1, overlap: int = 3) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, *, chunks: int = 1, overlap: int = DECODE_OVERLAP) -> torch.Tensor:
         """uint8 frames (T, H, W, 3) from a normalised latent, in width chunks if asked (SPEC.md 6)."""
         mean, std = latent_stats(self.vae)
         raw = latent.float() * std + mean

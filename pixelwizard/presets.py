@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+
+COARSEST_VAE_STRIDE = 16  # pixels per latent column of the Wan2.2 VAE; the tiny VAE's 8 gives more columns
 
 
 class PresetError(ValueError):
@@ -43,8 +46,20 @@ class Preset:
         for label, value in (("anchor steps", self.anchor_steps), ("detail steps", self.detail_steps)):
             if value < 1:
                 raise PresetError(f"{label} must be at least 1, got {value}")
-        if self.decode_chunks < 1:
-            raise PresetError(f"decode chunks must be at least 1, got {self.decode_chunks}")
+        for label, value in (("anchor shift", self.anchor_shift), ("detail shift", self.detail_shift)):
+            if not math.isfinite(value) or value <= 0:
+                raise PresetError(f"{label} must be a positive number, got {value}")
+        for label, value in (("anchor guidance", self.anchor_guidance), ("detail guidance", self.detail_guidance)):
+            if not math.isfinite(value) or value < 0:
+                raise PresetError(f"{label} must be a number >= 0, got {value}")
+        if self.fps < 1:
+            raise PresetError(f"fps must be at least 1, got {self.fps}")
+        from pixelwizard.decoding import DECODE_OVERLAP, chunk_spans  # here: importing presets stays torch-free
+
+        try:  # checked on the coarsest latent grid, the release VAE's 16 pixels a column (SPEC.md 6)
+            chunk_spans(self.detail_width // COARSEST_VAE_STRIDE, self.decode_chunks, DECODE_OVERLAP)
+        except ValueError as exc:
+            raise PresetError(f"decode chunks {self.decode_chunks} do not fit width {self.detail_width}: {exc}") from None
         return self
 
     def with_overrides(self, **overrides: object) -> "Preset":

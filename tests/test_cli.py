@@ -120,3 +120,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, incomple
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "message"),
+    [
+        (["render", "x", "--out", "{file}"], {}, "exists and is not a folder"),
+        (["cache", "ls"], {"PIXELWIZARD_STORE_URL": "ftp://host/path"}, "ftp"),
+        (["cache", "gc"], {"PIXELWIZARD_STORE_URL": "ftp://host/path"}, "ftp"),
+        (["batch", "submit", "{file}", "--preset", "8k"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "unknown preset"),
+        (["batch", "submit", "{file}"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "cannot start nightly-batch"),
+    ],
+)
+def test_more_bad_input_is_one_line(env, tmp_path, args, settings, message):
+    """A file where a folder belongs, an unusable store URL, a submit with a bad preset or no server behind the API URL."""
+    existing = tmp_path / "prompts.txt"
+    existing.write_text("a red circle moves right\n")
+    result = run({**env, **settings}, *[a.format(file=existing) for a in args], timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert existing.read_text() == "a red circle moves right\n"

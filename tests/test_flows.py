@@ -22,6 +22,7 @@ from flows import job_work, resources
 from flows.batch import anchors, ingest, nightly_batch, resume_batch
 from pixelwizard.bundle import write_bundle
 from pixelwizard.default_model import build_tiny_pipeline
+from pixelwizard.pipeline import PixelWizardPipeline
 from pixelwizard.video import read_video
 from storage.database import open_database
 from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Batch, Job, JobStatus
@@ -170,6 +171,77 @@ def test_a_job_that_always_fails_is_retried_to_the_limit_and_the_batch_ends_part
     assert len(renders) == 2 + 3 + 1  # the two good jobs once, the bad one 3 failed + 1 good
 
 
+def test_jobs_retry_runs_only_that_job_with_a_fresh_count_of_attempts(env, model, tmp_path, monkeypatch):
+    """Fault injection (a mock, no real part fails on demand): two prompts' detail stages raise; one keeps failing."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("PIXELWIZARD_MAX_ATTEMPTS", "2")
+    real_detail = job_work.detail
+    broken = {"blue", "green"}
+
+    def flaky(pipe, cache, job, plan, **kwargs):
+        if any(word in job.prompt for word in broken):
+            raise RuntimeError("CUDA error: out of memory")
+        return real_detail(pipe, cache, job, plan, **kwargs)
+
+    monkeypatch.setattr(job_work, "detail", flaky)
+    report = nightly_batch(str(write_prompts(tmp_path / "p.txt", PROMPTS[:3])), "tiny", model=model, overrides=SMALL)
+    blue, green = (next(j for j in jobs_of(report["batch_id"]) if w in j.prompt) for w in ("blue", "green"))
+    assert (blue.status, green.status) == (JobStatus.failed, JobStatus.failed)
+
+    broken.discard("green")  # green would now render, but only blue is retried
+    monkeypatch.chdir(tmp_path)  # the retry copies finished videos to ./out
+    result = CliRunner().invoke(app, ["jobs", "retry", str(blue.id), "--model", model])
+
+    assert result.exit_code == 3, result.output  # the batch stays partial
+    statuses = {j.id: j.status for j in jobs_of(report["batch_id"])}
+    assert (statuses[blue.id], statuses[green.id]) == (JobStatus.failed, JobStatus.failed)
+    tries = [a.job_id for a in attempts_of(report["batch_id"]) if a.stage == JobStatus.rendering]
+    assert tries.count(blue.id) == 2 + 2 and tries.count(green.id) == 2  # blue: two more tries, green: none
+
+
+def test_resume_of_a_job_that_failed_encoding_reuses_its_latents_and_needs_the_batch_model(env, model, tmp_path,
+                                                                                        monkeypatch):
+    """Fault injection (a mock, no real part fails on demand): one prompt's encoding raises until fixed."""
+    real_video = job_work.video
+
+    def flaky(pipe, cache, job, plan):
+        if "blue" in job.prompt:
+            raise RuntimeError("disk full")
+        return real_video(pipe, cache, job, plan)
+
+    monkeypatch.setattr(job_work, "video", flaky)
+    report = nightly_batch(str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "tiny", model=model, overrides=SMALL)
+    blue = next(j for j in jobs_of(report["batch_id"]) if "blue" in j.prompt)
+    assert report["status"] == "partial" and blue.status == JobStatus.failed
+
+    # Garbage collection keeps what a resume of the failed job needs.
+    gc = subprocess.run([sys.executable, "-m", "cli", "cache", "gc", "--older-than-days", "0"], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    store = resources.cache().store
+    with resources.database()() as session:
+        kept = {a.uri for a in session.scalars(select(Artifact).where(Artifact.job_id == blue.id))}
+    assert len(kept) == 2 and all(store.exists(uri.split("/store/", 1)[1]) for uri in kept)
+
+    # Resuming with another model (here the embedded one) is a one-line error that requeues nothing.
+    wrong = subprocess.run([sys.executable, "-m", "cli", "batch", "resume", str(report["batch_id"])], env=env,
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "pass --model" in wrong.stderr
+    assert len([line for line in wrong.stderr.splitlines() if line.strip()]) == 1, wrong.stderr
+    assert next(j for j in jobs_of(report["batch_id"]) if j.id == blue.id).status == JobStatus.failed
+
+    monkeypatch.setattr(job_work, "video", real_video)
+    renders = []  # a spy: the real render_detail, counted
+    real_render = PixelWizardPipeline.render_detail
+    monkeypatch.setattr(PixelWizardPipeline, "render_detail",
+                        lambda self, *args, **kwargs: renders.append(args[1]) or real_render(self, *args, **kwargs))
+    resumed = resume_batch(report["batch_id"], model=model)
+    assert resumed["status"] == "done" and renders == []  # the detail latent from before the failure was reused
+
+
 @pytest.mark.postgres
 def test_two_render_worker_processes_render_every_job_exactly_once(env, model, tmp_path):
     source = write_prompts(tmp_path / "p.txt")
@@ -235,7 +307,7 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert resumed.returncode == 0, output
     report = json.loads(output[output.index("{"):])
     assert report["status"] == "done" and report["counts"]["done"] == 4
-    assert report["anchors"]["generated"] == 0  # every anchor came from the cache
+    assert report["anchors"] == {"generated": 0, "cached": 0}  # the victim went back to its own stage, not to pending
     # The anchors that existed before the kill are the same objects, untouched.
     assert {k: store.stat(k).sha256 for k in store.list("anchors/") if k.endswith(".json")} == anchor_records
     with resources.database()() as session:
@@ -248,17 +320,33 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
     crashed = [a for a in attempts_of(batch_id) if a.outcome == AttemptOutcome.crashed]
     assert [(a.job_id, a.stage) for a in crashed] == [(victim.id, stage_at_kill)]
+    renders = [a.job_id for a in attempts_of(batch_id) if a.stage == JobStatus.rendering]
+    assert sorted(renders) == sorted([j.id for j in jobs_of(batch_id)] + [victim.id] * (stage_at_kill == JobStatus.rendering))
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
 
-def test_bad_prompt_file_fails_before_any_batch_is_created(env, model, tmp_path):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{bad}"], "bad.jsonl:2:"),
+        (["{missing}"], "missing.txt"),
+        (["{good}", "--device", "tpu:9"], "bad device 'tpu:9'"),
+        (["{good}", "--set", "fps=0"], "fps must be at least 1"),
+        (["{good}", "--set", "decode_chunks=50"], "decode chunks 50 do not fit"),
+        (["{good}", "--preset", "8k"], "unknown preset '8k'"),
+        (["{good}", "--out", "{good}"], "exists and is not a folder"),
+    ],
+)
+def test_bad_input_fails_on_one_line_before_any_batch_is_created(env, model, tmp_path, args, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "ok", "prompt": "fine"}\n{"id": "x y", "prompt": "bad id"}\n')
-    result = subprocess.run([sys.executable, "-m", "cli", "batch", "run", str(bad), "--model", model],
+    fill = dict(bad=bad, missing=tmp_path / "missing.txt", good=write_prompts(tmp_path / "good.txt"))
+    args = [a.format(**fill) for a in args]
+    result = subprocess.run([sys.executable, "-m", "cli", "batch", "run", *args, "--model", model],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "bad.jsonl:2:" in errors[0]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
     factory = open_database(env["PIXELWIZARD_DATABASE_URL"])
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(Batch)) == 0

@@ -150,9 +150,15 @@ def test_revision_changes_when_weights_change(bundle, tmp_path):
         (dict(anchor_height=48), "multiple of 32"),
         (dict(num_frames=16), "4k\\+1"),
         (dict(detail_steps=0), "at least 1"),
+        (dict(fps=0), "fps must be at least 1"),
+        (dict(detail_shift=0.0), "detail shift must be a positive number"),
+        (dict(anchor_shift=float("inf")), "anchor shift must be a positive number"),
+        (dict(detail_guidance=float("nan")), "detail guidance must be a number >= 0"),
+        (dict(decode_chunks=50), "decode chunks 50 do not fit width 448"),
+        (dict(detail_width=128, decode_chunks=2), "decode chunks 2 do not fit width 128"),
     ],
 )
-def test_presets_reject_shapes_the_model_cannot_take(overrides, message):
+def test_presets_reject_values_the_model_cannot_take(overrides, message):
     with pytest.raises(PresetError, match=message):
         get_preset("tiny").with_overrides(**overrides)
 
