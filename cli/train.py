@@ -8,6 +8,7 @@ before any work; bad input is one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.errors import fail
+from cli.errors import EXIT_FAILURE, fail
 
 train_app = typer.Typer(help="Train the tiny VAE, anchor model and shortcut detail model.", no_args_is_help=True)
 
@@ -116,18 +117,45 @@ def _cache(path: Path, device: str, weights_object: bool = False, counterfactual
     return cache
 
 
+def _check_out(out: Path, snapshots: bool = False, latents: Optional[Path] = None) -> None:
+    """Before any work: ``--out`` (and ``OUT.snapshot``) must be free or a bundle, and must not hold the input."""
+    from pixelwizard.bundle import ModelFolderError, check_replaceable
+
+    try:
+        check_replaceable(out)
+        if snapshots:
+            check_replaceable(out.with_name(out.name + ".snapshot"))
+    except ModelFolderError as exc:
+        fail(f"--out: {exc}")
+    if latents is not None and latents.resolve().is_relative_to(out.resolve()):
+        fail(f"--latents {latents} lies inside --out {out}, which the run replaces")
+
+
+def _write_report(report: Path, body: dict) -> None:
+    """The run's JSON report, written whole (temporary file, then rename)."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    staged = report.with_name(f".{report.name}.tmp")
+    staged.write_text(json.dumps(body, indent=1, default=str))
+    os.replace(staged, report)
+
+
 def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
-    """Rank 0 writes the bundle and the report; then every rank leaves the process group together."""
+    """Rank 0 writes the bundle and the report; then every rank leaves the process group together.
+    A run whose last logged loss is not a finite number writes nothing and exits 1."""
     from pixelwizard.bundle import write_bundle
 
+    last = result.history[-1] if result.history else {}
+    bad = {name: value for name, value in last.items() if isinstance(value, float) and not math.isfinite(value)}
+    if bad:
+        _leave_process_group()
+        fail(f"training diverged ({', '.join(f'{k}={v}' for k, v in bad.items())} after {result.steps} steps); "
+             f"{out} not written", EXIT_FAILURE)
     if _is_main():
         write_bundle(pipe, out)
         typer.echo(f"wrote {out} after {result.steps} steps in {result.seconds:.1f} s")
         if report is not None:
-            report.parent.mkdir(parents=True, exist_ok=True)
-            body = {"steps": result.steps, "seconds": round(result.seconds, 2), "settings": settings,
-                    "history": result.history}
-            report.write_text(json.dumps(body, indent=1, default=str))
+            _write_report(report, {"steps": result.steps, "seconds": round(result.seconds, 2), "settings": settings,
+                                   "history": result.history})
     _leave_process_group()
 
 
@@ -211,6 +239,7 @@ def train_vae_command(
     settings = dict(locals())  # the command's options, for the report (before any local name exists)
     from pixelwizard.training.config import ConfigError, VaeLossConfig
 
+    _check_out(out)
     target = _setup(device)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, seed=seed,
@@ -274,6 +303,10 @@ def encode_command(
         fail(str(exc))
     if clips < 1 or batch_size < 1:
         fail("clips and batch size must be at least 1")
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        fail(f"max seconds must be > 0, got {max_seconds}")
+    if out.is_dir():
+        fail(f"--out {out} is a folder; a latent cache is one file")
     target = _setup(device)
     source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
     pipe = _open(model, target, seed)
@@ -295,7 +328,7 @@ def encode_command(
     seconds = time.monotonic() - started
     typer.echo(f"wrote {out}: {len(cache)} clips in {seconds:.1f} s")
     if report is not None:
-        report.write_text(json.dumps({"clips": len(cache), "seconds": round(seconds, 2)}))
+        _write_report(report, {"clips": len(cache), "seconds": round(seconds, 2)})
 
 
 @train_app.command("anchor")
@@ -341,6 +374,7 @@ def train_anchor_command(
         fail("--layers, --heads, --head-dim and --ffn-dim set a new size, which starts from fresh weights: add --reinit")
     if (problem := size_problem(sizes)) is not None:
         fail(problem)
+    _check_out(out, snapshot_every is not None, latents)
     target = _setup(device)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
@@ -405,6 +439,7 @@ def train_detail_command(
     settings = dict(locals())  # the command's options, for the report (before any local name exists)
     from pixelwizard.training.config import ShortcutConfig
 
+    _check_out(out, snapshot_every is not None, latents)
     target = _setup(device)
     shortcut = ShortcutConfig(sc_prob=sc_prob, sc_weight=sc_weight, starts=_parse_floats(sc_starts, "start timesteps"), levels=dt_levels, lam=lam,
                               k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)

@@ -73,14 +73,38 @@ def bundle_revision(path: str | os.PathLike) -> str:
     return revision
 
 
+def check_replaceable(destination: str | os.PathLike) -> Path:
+    """``destination`` as a Path if a bundle may be written there: nothing yet, or a bundle folder (replaced
+    whole); anything else there is a ModelFolderError, so that writing a bundle never deletes other files."""
+    destination = Path(destination)
+    if destination.name in ("", ".", ".."):
+        raise ModelFolderError(f"{destination} names no folder to write a bundle to")
+    if destination.exists() and not (destination / "model_index.json").is_file():
+        raise ModelFolderError(f"{destination} exists and is not a model bundle; refusing to replace it")
+    return destination
+
+
+def _restore_interrupted_swap(destination: Path) -> None:
+    """A write killed between its two renames leaves no ``destination`` but the previous bundle retired
+    beside it (``.NAME.old-PID``): put the newest such back before anything else happens there."""
+    if destination.exists() or not destination.parent.is_dir():
+        return
+    retired = sorted(destination.parent.glob(f".{destination.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if retired:
+        os.replace(retired[-1], destination)
+
+
 @contextmanager
 def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
     """A temporary sibling folder to fill; renamed onto ``destination`` only if the block succeeds.
 
-    A folder already at ``destination`` is swapped out and removed after the new one is in place,
-    so a failed or interrupted write never leaves half a bundle or damages the previous one.
+    A bundle already at ``destination`` is swapped out and removed after the new one is in place,
+    so a failed or interrupted write never leaves half a bundle or damages the previous one;
+    anything else there is refused (``check_replaceable``).
     """
     destination = Path(destination)
+    _restore_interrupted_swap(destination)
+    destination = check_replaceable(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}")
     staging.mkdir()  # mode 0o777 less the umask, as the renamed bundle should have (mkdtemp: 0o700)

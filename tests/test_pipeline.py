@@ -1,6 +1,7 @@
 """The two-stage pipeline: bundle round trip, seeds, stage shapes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,7 @@ def test_staged_folder_follows_the_umask_and_replaces_atomically(tmp_path, umask
     umask(mask)
     destination = tmp_path / "bundle"
     with staged_folder(destination) as staging:
+        (staging / "model_index.json").write_text("{}")
         (staging / "a.txt").write_text("old")
     with pytest.raises(RuntimeError):
         with staged_folder(destination) as staging:
@@ -128,6 +130,45 @@ def test_staged_folder_follows_the_umask_and_replaces_atomically(tmp_path, umask
     assert destination.stat().st_mode & 0o777 == mode
     assert (destination / "a.txt").read_text() == "old"  # the failed write left the earlier folder alone
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # and no staging folder behind
+
+
+def test_staged_folder_refuses_to_replace_what_is_not_a_bundle(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    (tmp_path / "cache.pt").write_text("latents")
+    for destination in (tmp_path / "notes", tmp_path / "cache.pt"):
+        with pytest.raises(ModelFolderError, match="not a model bundle"):
+            with staged_folder(destination):
+                pass
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "mine" and (tmp_path / "cache.pt").read_text() == "latents"
+
+
+def test_a_write_killed_between_its_renames_gets_the_previous_bundle_back(tmp_path):
+    """A real process dies (os._exit) after retiring the old bundle and before renaming the new one in."""
+    import subprocess
+    import sys
+
+    destination = tmp_path / "bundle"
+    with staged_folder(destination) as staging:
+        (staging / "model_index.json").write_text('{"v": "old"}')
+    child = (
+        "import os, sys\n"
+        "from pixelwizard.bundle import staged_folder\n"
+        "real = os.replace\n"
+        "def dying(src, dst):\n"
+        "    real(src, dst)\n"
+        "    os._exit(9)\n"
+        "with staged_folder(sys.argv[1]) as staging:\n"
+        "    (staging / 'model_index.json').write_text('{\"v\": \"new\"}')\n"
+        "    os.replace = dying\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(destination)], cwd=Path(__file__).parents[1])
+    assert done.returncode == 9 and not destination.exists()
+
+    with staged_folder(destination) as staging:  # the next write first puts the retired bundle back
+        assert (destination / "model_index.json").read_text() == '{"v": "old"}'
+        (staging / "model_index.json").write_text('{"v": "next"}')
+    assert (destination / "model_index.json").read_text() == '{"v": "next"}'
 
 
 def test_revision_changes_when_weights_change(bundle, tmp_path):

@@ -106,17 +106,24 @@ def test_real_clips_are_read_cropped_and_resized(real_clips):
         ('{"video": "clips/a.mp4", "caption": "ok"}\n\n{"video": "clips/zz.mp4", "caption": "x"}\n', "captions.jsonl:3: video"),
         ('{"video": "clips/a.mp4"}\n', "captions.jsonl:1: \"caption\""),
         ('["clips/a.mp4"]\n', "captions.jsonl:1: expected an object"),
+        ('{"video": "clips/a.mp4", "caption": "ok"}\n{"video": "clips/junk.mp4", "caption": "x"}\n',
+         "captions.jsonl:2: video .*junk.mp4 cannot be read"),
+        ('{"video": "clips/a.mp4", "caption": "too short for 9 frames"}\n', "captions.jsonl:1: video .* has 6 frames, need at least 9"),
+        (b"\xff\xfe not text", "captions.jsonl: not UTF-8 text"),
     ],
 )
 def test_a_bad_captions_line_is_named_by_file_and_line(real_clips, tmp_path, content, message):
+    """Every line, and every clip it names, is checked when the source opens: before any training."""
     bad = real_clips / "captions.jsonl"
     broken = bad.with_name("broken") / "captions.jsonl"
     broken.parent.mkdir(exist_ok=True)
     (broken.parent / "clips").mkdir(exist_ok=True)
     (broken.parent / "clips" / "a.mp4").write_bytes((real_clips / "clips" / "a.mp4").read_bytes())
-    broken.write_text(content)
+    (broken.parent / "clips" / "junk.mp4").write_bytes(b"not a video")
+    broken.write_bytes(content) if isinstance(content, bytes) else broken.write_text(content)
+    frames = 9 if "too short" in str(content) else 5
     with pytest.raises(DatasetError, match=message):
-        RealClips(broken, frames=5, width=64, height=32)
+        RealClips(broken, frames=frames, width=64, height=32)
 
 
 def test_a_missing_dataset_is_named(tmp_path):

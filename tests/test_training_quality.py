@@ -118,6 +118,11 @@ def test_the_text_to_video_prompts_come_from_the_given_seed():
         ([], "error: --variants is needed to measure table 1 (or copy it with --detail-from)"),
         (["--detail-from", "{good}", "--also", "{missing}"], "error: {missing} does not exist"),
         (["--detail-from", "{good}", "--also", "{no_sheet}"], "error: {no_sheet}: its contact sheet"),
+        (["--detail-from", "{good}", "--prompts", "0"], "error: --prompts must be at least 1, got 0"),
+        (["--variants", "{folder}", "--clips", "-1"], "error: --clips must be at least 1, got -1"),
+        (["--variants", "{folder}", "--threads", "0"], "error: --threads must be at least 1, got 0"),
+        (["--variants", "{folder}", "--steps", "1,x"], "error: bad --steps '1,x'"),
+        (["--variants", "{folder}", "--steps", "0,4"], "error: --steps '0,4' must name step counts of at least 1"),
     ],
 )
 def test_bad_table_sources_are_one_line_errors(tmp_path, args, message):

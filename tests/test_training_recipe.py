@@ -103,6 +103,12 @@ def test_recipe_rejects_unknown_branches_and_a_missing_warm_start(tmp_path):
     assert no_start.returncode == 2 and "--phases detail needs --start" in no_start.stderr
     world = run("--data", "mars")
     assert world.returncode == 2 and "--data: invalid choice: 'mars'" in world.stderr
+    budget = run("--budget", "-100")
+    assert budget.returncode == 2 and "--budget must be a positive number of seconds, got -100.0" in budget.stderr
+    starts = run("--sc-starts", "abc,,-5")
+    assert starts.returncode == 2 and "--sc-starts 'abc,,-5'" in starts.stderr
+    range_ = run("--sc-starts", "500,1200")
+    assert range_.returncode == 2 and "start timestep 1200.0 must lie in (0, 1000]" in range_.stderr
     assert not (tmp_path / "o").exists()  # nothing written
 
 

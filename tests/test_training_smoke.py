@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,26 +210,70 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["vae", "--frames", "8"], "frame count 8 is not of the form 4k+1"),
         (["vae", "--clips", "0"], "clips must be at least 1"),
         (["vae", "--width", "10"], "width 10 is not a positive multiple of 16"),
+        (["detail", "--latents", "{cache}", "--lr", "inf"], "lr must be a finite number"),
+        (["detail", "--latents", "{cache}", "--dt-levels", "1100"], "dt levels must be at most 12"),
+        (["detail", "--latents", "{cache}", "--dt-grid", "fixed", "--sc-starts", "30"], "the dt candidate set is empty"),
+        (["detail", "--latents", "{garbage}"], "is not a readable latent cache"),
+        (["encode", "--max-seconds", "-5"], "max seconds must be > 0"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(bundle_and_cache, tmp_path, args, message):
+    import shutil
+
+    import numpy as np
+
+    from pixelwizard.video import encode_video
+
     bundle, cache_file = bundle_and_cache
     bad = tmp_path / "captions.jsonl"
     bad.write_text('{"video": "a.mp4", "caption": "x"}\n{"video": \n')
-    (tmp_path / "a.mp4").write_bytes(b"")
+    encode_video(iter(np.zeros((17, 32, 64, 3), dtype=np.uint8)), tmp_path / "a.mp4", fps=8)  # the tiny preset's 17
     good = tmp_path / "good.jsonl"
     good.write_text('{"video": "a.mp4", "caption": "x"}\n')
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous checkpoint")
-    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad, good=good)
+    if args[0] == "encode":  # the previous output is a latent cache file
+        out = tmp_path / "cache.pt"
+        out.write_text("previous cache")
+        previous = out
+    else:  # a bundle, with a file of ours inside that a replacement would drop
+        out = shutil.copytree(bundle, tmp_path / "out")
+        previous = out / "keep.txt"
+        previous.write_text("previous checkpoint")
+    before = previous.read_text()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("garbage")
+    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad, good=good, garbage=garbage)
     args = [a.format(**fill) for a in args]
     result = invoke(*args, "--model", bundle, "--out", out, "--device", "cpu")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
-    assert (out / "keep.txt").read_text() == "previous checkpoint"
+    assert previous.read_text() == before
+
+
+@pytest.mark.parametrize("target", ["folder", "latents", "dot"])
+def test_out_that_is_not_a_bundle_or_holds_the_input_is_refused_before_any_work(bundle_and_cache, tmp_path, target):
+    import shutil
+
+    bundle, cache_file = bundle_and_cache
+    notes = tmp_path / "work" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    latents = shutil.copy(cache_file, tmp_path / "work" / "cache.pt")
+    out = {"folder": notes.parent, "latents": latents, "dot": "."}[target]
+    result = invoke("detail", "--latents", latents, "--model", bundle, "--out", out, "--steps", "1", "--device", "cpu")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: --out"), result.output
+    assert notes.read_text() == "mine" and Path(latents).is_file()
+
+
+def test_a_diverged_run_writes_nothing_and_exits_1(bundle_and_cache, tmp_path):
+    bundle, cache_file = bundle_and_cache
+    out = tmp_path / "out"
+    result = invoke("detail", "--latents", cache_file, "--model", bundle, "--out", out, "--steps", "2", "--batch-size", "2",
+                    "--lr", "1e30", "--device", "cpu")
+    assert result.exit_code == 1 and "training diverged" in result.stderr, result.output
+    assert not out.exists()
 
 
 def test_the_default_model_is_the_shipped_trained_bundle():

@@ -7,9 +7,12 @@ noise-span aligned), ``calibration=False`` (no adaptive noise-span calibration).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
-from pixelwizard.training.objectives import dt_candidates
+from pixelwizard.training.objectives import dt_candidates, snap_to_grid, timestep_grid
+
+MAX_DT_LEVELS = 12  # floor(1000 / 2^k) reaches the smallest step, 2, by k = 9
 
 
 class ConfigError(ValueError):
@@ -19,6 +22,15 @@ class ConfigError(ValueError):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_finite(config) -> None:
+    """Every float of a config (alone or in a tuple) is a finite number: inf passes a "> 0" check and trains NaNs."""
+    for item in fields(config):
+        value = getattr(config, item.name)
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, float):
+                _check(math.isfinite(number), f"{item.name.replace('_', ' ')} must be a finite number, got {number}")
 
 
 # "off", or a torch.compile mode ("reduce-overhead" adds CUDA graphs).
@@ -41,10 +53,12 @@ class ShortcutConfig:
     calibration_clamp: tuple[float, float] = (0.1, 10.0)
 
     def validate(self) -> "ShortcutConfig":
+        _check_finite(self)
         _check(0.0 <= self.sc_prob <= 1.0, f"self-consistency probability must lie in [0, 1], got {self.sc_prob}")
         _check(self.sc_weight > 0, f"self-consistency loss weight must be > 0, got {self.sc_weight}")
         _check(len(self.starts) > 0, "the dt candidate set is empty: no start timesteps given")
         _check(self.levels >= 1, f"the dt candidate set is empty: levels must be at least 1, got {self.levels}")
+        _check(self.levels <= MAX_DT_LEVELS, f"dt levels must be at most {MAX_DT_LEVELS}, got {self.levels}")
         for start in self.starts:
             _check(0 < start <= 1000, f"start timestep {start} must lie in (0, 1000]")
         _check(self.lam >= 0, f"lambda must be >= 0, got {self.lam}")
@@ -59,6 +73,18 @@ class ShortcutConfig:
         _check(0 < low <= high, f"calibration clamp must satisfy 0 < low <= high, got {self.calibration_clamp}")
         _check(self.calibration_power > 0, f"calibration power must be > 0, got {self.calibration_power}")
         return self
+
+    def check_snapped_starts(self, shift: float) -> None:
+        """Training snaps each start onto the shifted grid (SPEC.md 7 step 1): each snapped start needs a dt
+        candidate, and no candidate may step past t = 0."""
+        grid = timestep_grid(shift)
+        for start in self.starts:
+            snapped = snap_to_grid(start, grid)
+            candidates = [dt for _, dt in dt_candidates(snapped, self.levels, self.dt_grid)]
+            _check(bool(candidates), f"the dt candidate set is empty for start timestep {start} (snapped to {snapped:.1f} "
+                                     f"on the shift-{shift:g} grid) on the {self.dt_grid} grid")
+            _check(max(candidates) <= snapped, f"start timestep {start} (snapped to {snapped:.1f} on the shift-{shift:g} grid) "
+                                               f"is smaller than its step {max(candidates)}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +116,7 @@ class TrainConfig:
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
     def validate(self) -> "TrainConfig":
+        _check_finite(self)
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
@@ -112,6 +139,7 @@ class TrainConfig:
         _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         _check(self.log_every >= 1, f"log interval must be at least 1, got {self.log_every}")
         self.shortcut.validate()
+        self.shortcut.check_snapped_starts(self.shift)
         return self
 
     @property
@@ -134,6 +162,7 @@ class VaeLossConfig:
     scales: tuple[float, ...] = (1.0,)
 
     def validate(self) -> "VaeLossConfig":
+        _check_finite(self)
         _check(self.kl_weight >= 0, f"KL weight must be >= 0, got {self.kl_weight}")
         _check(self.edge_weight >= 0, f"edge weight must be >= 0, got {self.edge_weight}")
         _check(all(c > 0 and c % 16 == 0 for c in self.crop), f"crop {self.crop} must be positive multiples of 16")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelwizard.training.render import object_mask, render_scenes
+from pixelwizard.video import VideoDecodeError, probe_video
 from pixelwizard.training.scenes import Split, counterfactual, scene_for
 
 
@@ -130,7 +131,11 @@ class RealClips:
 
     def _read(self) -> list[tuple[Path, str] | None]:
         items: list[tuple[Path, str] | None] = []
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 items.append(None)
                 continue
@@ -147,6 +152,12 @@ class RealClips:
             video = self.path.parent / record["video"]
             if not video.is_file():
                 raise DatasetError(f"{where}: video {video} does not exist")
+            try:
+                frames = probe_video(video).frames
+            except VideoDecodeError as exc:
+                raise DatasetError(f"{where}: video {video} cannot be read ({str(exc).splitlines()[0]})") from None
+            if frames < self.frames:
+                raise DatasetError(f"{where}: video {video} has {frames} frames, need at least {self.frames}")
             items.append((video, caption.strip()))
         return items
 

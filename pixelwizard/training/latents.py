@@ -8,6 +8,7 @@ at training time by the bundle being trained (``pixelwizard.training.captions``)
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -98,8 +99,12 @@ class LatentCache:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentCache":
-        """Read a cache; one written with other fields (an older version) is a ``ValueError``."""
-        stored = torch.load(path, map_location="cpu", weights_only=True)
+        """Read a cache; an unreadable file or one written with other fields (an older version) is a ``ValueError``."""
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path} is not a readable latent cache ({reason})") from None
         required = {f.name for f in fields(cls) if f.default is MISSING}
         if not isinstance(stored, dict) or not required <= set(stored) <= {f.name for f in fields(cls)}:
             raise ValueError(f"{path} is not a latent cache of this version; make it again with 'pixelwizard train encode'")

@@ -357,6 +357,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="table 1 only (no text-to-video, no samples); its sheet is samples/<out name>-detail-comparison.png")
     args = parser.parse_args(argv)
     sheet_dir = args.out.parent / "samples"
+    for name in ("clips", "prompts", "threads"):
+        if getattr(args, name) < 1:
+            parser.exit(2, f"error: --{name} must be at least 1, got {getattr(args, name)}\n")
+    try:
+        steps = [int(s) for s in args.steps.split(",")]
+    except ValueError:
+        parser.exit(2, f"error: bad --steps {args.steps!r}; use comma-separated step counts, e.g. 1,2,4,8,32\n")
+    if not steps or min(steps) < 1:
+        parser.exit(2, f"error: --steps {args.steps!r} must name step counts of at least 1\n")
 
     def earlier(path: Path) -> EarlierTable:
         """An earlier run's table 1 whose contact sheet is in place, or a one-line error (exit code 2)."""
@@ -391,7 +400,6 @@ def main(argv: list[str] | None = None) -> None:
     shipped = get_preset("tiny")
     preset = shipped.with_overrides(detail_guidance=args.detail_guidance)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    steps = [int(s) for s in args.steps.split(",")]
     table_settings = (
         f"{args.clips} clips" + SYNTHETIC_WORLDS[args.data].description
         + (", anchors with SPEC.md's downsample factor [8, 16]" if args.release_factor

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixelwizard.training.config import ConfigError, ShortcutConfig
 from pixelwizard.training.datasets import SYNTHETIC_WORLDS
 
 # Detail-model branches trained from the warm start: folder name -> extra `train detail` flags.
@@ -318,6 +320,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--branches {args.branches!r}: give distinct names of {', '.join(BRANCHES)}")
     if args.branch_steps < 1:
         parser.error(f"--branch-steps must be at least 1, got {args.branch_steps}")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    if args.sc_starts is not None:
+        try:
+            ShortcutConfig(starts=tuple(float(s) for s in args.sc_starts.split(",") if s.strip())).validate()
+        except (ValueError, ConfigError) as exc:  # a word where a number belongs, or a start out of range
+            parser.error(f"--sc-starts {args.sc_starts!r}: {exc}")
     if args.warmstart is not None and not (args.warmstart / "config.json").is_file():
         parser.error(f"--warmstart {args.warmstart} is not a detail model folder (no config.json)")
     if args.warmstart is not None and args.phases in ("vae", "anchor"):
