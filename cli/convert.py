@@ -34,6 +34,7 @@ def convert(
     import torch
 
     from cli.progress import quiet_libraries
+    from pixelwizard.bundle import ModelFolderError
     from pixelwizard.conversion import ConversionError
     from pixelwizard.conversion.convert import convert as run
 
@@ -41,6 +42,6 @@ def convert(
     chosen = {"bf16": torch.bfloat16, "fp32": torch.float32, "keep": None}[dtype]
     try:
         path = run(base, out, detail=detail, weights=weights, dtype=chosen)
-    except ConversionError as exc:
-        fail(str(exc))
+    except (ConversionError, ModelFolderError, OSError, ValueError) as exc:  # ValueError: weights of a shape that
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # does not fit, found while building
     typer.echo(f"wrote {path}")

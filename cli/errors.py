@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -17,5 +18,5 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` on one line to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)  # the message may hold "[...]"
     raise typer.Exit(code)

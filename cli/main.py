@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 # Nothing may reach for a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +37,13 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(cache_app, name="cache")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler, ``kill``) ends a command as Ctrl-C does, by an exception: cleanup runs (the
+    encoder and its temporary file, a staging folder), so nothing half-written is left behind."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 @app.callback()
 def main() -> None:
     """Native 2K/4K text-to-video: an anchor video plus a few-step shortcut detail stage."""
+    exit_on_sigterm()

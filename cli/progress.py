@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 STAGES = ("text", "anchor", "detail", "decode")
@@ -58,4 +59,4 @@ class StageProgress:
             self._progress.update(task, completed=done, total=total)
 
     def finish_prompt(self, prompt_id: str, output: str) -> None:
-        self.console.print(f"[green]done[/] {prompt_id} -> {output}")
+        self.console.print(f"[green]done[/] {escape(prompt_id)} -> {escape(output)}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from cli.errors import EXIT_FAILURE, fail
 from cli.progress import StageProgress, quiet_libraries
@@ -69,7 +70,7 @@ def render(
         if prompt is not None:
             if not prompt.strip():
                 fail("the prompt is empty")
-            specs = [PromptSpec(id=prompt_id_for_text(prompt), prompt=prompt.strip())]
+            specs = [PromptSpec(id=prompt_id_for_text(prompt.strip()), prompt=prompt.strip())]
         else:
             specs = load_prompts(prompts)
         target = resolve_device(device)
@@ -93,9 +94,15 @@ def render(
     import torch
 
     dtype = torch.bfloat16 if target.startswith("cuda") else torch.float32
-    pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--out {out}: {exc.strerror or exc}")
+    try:
+        pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # a config or weights file that cannot be read
+        fail(f"model folder {bundle or default_model_path()} cannot be loaded: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
     pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
-    out.mkdir(parents=True, exist_ok=True)
     failures = 0
     with StageProgress() as progress:
         for spec in todo:
@@ -115,7 +122,8 @@ def render(
                 progress.finish_prompt(spec.id, str(path))
             except Exception as exc:  # one bad prompt must not lose the others
                 failures += 1
-                progress.console.print(f"[red]failed[/] {spec.id}: {str(exc).splitlines()[0]}")
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                progress.console.print(f"[red]failed[/] {escape(spec.id)}: {escape(reason)}")
     if failures:
         fail(f"{failures} of {len(todo)} prompt(s) failed", EXIT_FAILURE)
 

@@ -31,6 +31,8 @@ def check_bundle(path: str | os.PathLike) -> Path:
         listed = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{index}: unreadable ({exc})") from None
+    if not isinstance(listed, dict):
+        raise ModelFolderError(f"{index}: not a JSON object")
     for name in COMPONENTS:
         if name not in listed:
             raise ModelFolderError(f"{index}: no component {name!r}")
@@ -39,6 +41,8 @@ def check_bundle(path: str | os.PathLike) -> Path:
             raise ModelFolderError(f"model folder {root} is incomplete: {name}/ is missing or empty")
         if name not in ("tokenizer", "scheduler") and not any(folder.glob("*.safetensors")):
             raise ModelFolderError(f"model folder {root} is incomplete: {name}/ holds no .safetensors weights")
+        if name != "tokenizer" and not any(folder.glob("*config.json")):
+            raise ModelFolderError(f"model folder {root} is incomplete: {name}/ has no config")
     return root
 
 
@@ -48,7 +52,7 @@ def bundle_revision(path: str | os.PathLike) -> str:
     The anchor cache keys on it, so two bundles that differ in any byte never share anchors.
     """
     root = check_bundle(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != _REVISION_FILE)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith((Path(_REVISION_FILE).stem, ".")))
     stamp = [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     cache = root / _REVISION_FILE
     try:
@@ -65,7 +69,7 @@ def bundle_revision(path: str | os.PathLike) -> str:
                 digest.update(block)
     revision = digest.hexdigest()[:16]
     try:
-        tmp = cache.with_suffix(".tmp")
+        tmp = cache.with_name(f".{cache.name}.{secrets.token_hex(4)}.tmp")
         tmp.write_text(json.dumps({"revision": revision, "files": stamp}))
         os.replace(tmp, cache)
     except OSError:

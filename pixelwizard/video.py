@@ -234,6 +234,15 @@ def _spawn_encoder(
     )
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def _discard_encoder(proc: subprocess.Popen[bytes], tmp: Path) -> None:
     """Stop ffmpeg (if still running) and remove its partial output."""
     if proc.poll() is None:
@@ -301,7 +310,9 @@ def encode_video(
                     lines,
                 )
             )
+        _fsync_file(tmp)  # the frames on disk before the name says the video is finished
         os.replace(tmp, path)
+        _fsync_file(path.parent)
     except VideoEncodeError:
         _discard_encoder(proc, tmp)
         raise

@@ -68,12 +68,15 @@ def test_render_writes_mp4s_named_by_prompt_id_with_the_right_frames_and_size(en
 
 
 def test_single_prompt_render(env, tmp_path):
+    from pixelwizard.prompts import prompt_id_for_text
+
     out = tmp_path / "out"
-    result = run(env, "render", "a green ring orbits", "--out", str(out), "--width", "64", "--height", "32",
+    result = run(env, "render", " a green ring orbits ", "--out", str(out), "--width", "64", "--height", "32",
                  "--frames", "5", "--anchor-steps", "2", "--steps", "2")
     assert result.returncode == 0, result.stderr
     [video] = out.iterdir()
-    assert video.name.startswith("a-green-ring-orbits-") and read_video(video).shape == (5, 32, 64, 3)
+    # The id is the one the same line of a .txt prompt file gets (its text stripped).
+    assert video.name == f"{prompt_id_for_text('a green ring orbits')}.mp4" and read_video(video).shape == (5, 32, 64, 3)
 
 
 @pytest.fixture
@@ -140,3 +143,77 @@ def test_more_bad_input_is_one_line(env, tmp_path, args, settings, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert existing.read_text() == "a red circle moves right\n"
+
+
+@pytest.fixture
+def broken_bundle(tmp_path):
+    """A copy of the shipped bundle, to be damaged by a test."""
+    import shutil
+
+    from pixelwizard.default_model import default_model_path
+
+    return shutil.copytree(default_model_path(), tmp_path / "model")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("index", "not a JSON object"),
+        ("config", "transformer/ has no config"),
+        ("weights", "cannot be loaded"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_line_exit_2(env, tmp_path, broken_bundle, damage, message):
+    if damage == "index":
+        (broken_bundle / "model_index.json").write_text("5")
+    elif damage == "config":
+        (broken_bundle / "transformer" / "config.json").unlink()
+    else:
+        weights = broken_bundle / "vae" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:5000])
+    out = tmp_path / "out"
+    result = run(env, "render", "x", "--model", str(broken_bundle), "--out", str(out))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["render", "--prompts", "{dir}/prompts[v2].txt"], "prompts[v2].txt: no such file"),
+        (["render", "x", "--out", "{dir}/a-file/sub"], "Not a directory"),
+    ],
+)
+def test_errors_name_paths_as_given(env, tmp_path, args, message):
+    """Square brackets in a path are printed, not read as markup; an --out that cannot be made is one line."""
+    (tmp_path / "a-file").write_text("")
+    result = run(env, *[a.format(dir=tmp_path) for a in args], timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_one_prompt_failing_without_a_message_does_not_stop_the_others(tmp_path, monkeypatch):
+    """Fault injection (a mock, no real part fails on demand): the first prompt's render raises MemoryError()."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from pixelwizard.pipeline import PixelWizardPipeline
+
+    real_call = PixelWizardPipeline.__call__
+
+    def first_fails(self, prompt, **kwargs):
+        if prompt.startswith("first"):
+            raise MemoryError()
+        return real_call(self, prompt, **kwargs)
+
+    monkeypatch.setattr(PixelWizardPipeline, "__call__", first_fails)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("first a red circle\nsecond a blue square\n")
+    out = tmp_path / "o[/x]"
+    result = CliRunner().invoke(app, ["render", "--prompts", str(prompts), "--out", str(out), "--width", "64",
+                                      "--height", "32", "--frames", "5", "--anchor-steps", "2", "--device", "cpu"])
+    assert result.exit_code == 1 and "1 of 2 prompt(s) failed" in result.stderr, result.output
+    assert "MemoryError" in result.output
+    [video] = out.iterdir()
+    assert video.name.startswith("second-a-blue-square")

@@ -396,3 +396,33 @@ def test_convert_an_unrecognised_folder_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "neither" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("index", "model_index.json: not valid JSON"),
+        ("truncated vae", "unreadable safetensors"),
+        ("weights as .bin", "no .safetensors weights"),
+        ("dit config", "transformer/config.json: not valid JSON"),
+    ],
+)
+def test_convert_a_damaged_diffusers_folder_is_one_line_exit_2(dit, vae, text_encoder, tmp_path, damage, message):
+    """Every copied component is read (its headers) before the bundle is renamed into place."""
+    source = tmp_path / "wan-diffusers"
+    WanPipeline(tokenizer=build_word_tokenizer(TINY_VOCABULARY, 512), text_encoder=text_encoder, vae=vae,
+                transformer=dit, scheduler=flow_scheduler(5.0)).save_pretrained(source)
+    weights = next((source / "vae").glob("*.safetensors"))
+    if damage == "index":
+        (source / "model_index.json").write_text("{not json")
+    elif damage == "truncated vae":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "weights as .bin":
+        weights.rename(weights.with_suffix(".bin"))
+    else:
+        (source / "transformer" / "config.json").write_text("not json")
+    out = tmp_path / "bundle"
+    result = run_cli("convert", str(source), "--out", str(out), home=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]

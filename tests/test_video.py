@@ -225,3 +225,44 @@ def test_read_errors(tmp_path: Path) -> None:
         read_video(junk)
     with pytest.raises(VideoDecodeError, match="junk.mp4"):
         probe_video(junk)
+
+
+def test_sigterm_mid_encode_leaves_no_file_and_no_encoder(tmp_path: Path) -> None:
+    """A real process gets SIGTERM while ffmpeg is mid-stream; the CLI's handler lets the cleanup run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    marker = tmp_path / "streaming"
+    child = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from cli.main import exit_on_sigterm\n"
+        "from pixelwizard.video import encode_video\n"
+        "exit_on_sigterm()\n"
+        "def frames():\n"
+        "    for _ in range(3):\n"
+        "        yield np.zeros((64, 64, 3), dtype=np.uint8)\n"
+        "    Path(sys.argv[2]).touch()\n"
+        "    time.sleep(60)\n"
+        "    yield np.zeros((64, 64, 3), dtype=np.uint8)\n"
+        "encode_video(frames(), Path(sys.argv[1]) / 'clip.mp4', fps=8)\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", child, str(out), str(marker)], cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and list(out.iterdir())):  # streaming, and ffmpeg has opened its temporary file
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    encoders = psutil.Process(process.pid).children(recursive=True)
+    assert encoders
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(out.iterdir()) == []
+    gone, alive = psutil.wait_procs(encoders, timeout=10)
+    assert alive == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +15,31 @@ _SHOWN = 8  # key names listed in an error before "(+N more)"
 
 class ConversionError(ValueError):
     """A source that cannot be converted; the one-line message names the offending keys or files."""
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document at ``path``, or ConversionError naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def check_safetensors(folder: Path, what: str) -> None:
+    """Every .safetensors shard of ``folder`` has a whole header and covers its tensors (a copy is not read)."""
+    from safetensors import SafetensorError, safe_open
+
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise ConversionError(f"{what}: no .safetensors weights in {folder}")
+    for shard in shards:
+        try:
+            with safe_open(shard, "pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ConversionError(f"{shard}: unreadable safetensors ({exc})") from None
 
 
 def _names(keys: list[str]) -> str:
@@ -79,6 +106,7 @@ def load_torch_file(path: Path, what: str) -> dict:
 
 def load_safetensors_folder(folder: Path, pattern: str, what: str) -> StateDict:
     """All tensors of the ``pattern`` shards in ``folder`` (a key in two shards is an error)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     shards = sorted(folder.glob(pattern))
@@ -86,7 +114,10 @@ def load_safetensors_folder(folder: Path, pattern: str, what: str) -> StateDict:
         raise ConversionError(f"{what}: no {pattern} in {folder}")
     merged: StateDict = {}
     for shard in shards:
-        part = load_file(shard)
+        try:
+            part = load_file(shard)
+        except (SafetensorError, OSError) as exc:
+            raise ConversionError(f"{shard}: unreadable safetensors ({exc})") from None
         twice = sorted(set(part) & set(merged))
         if twice:
             raise ConversionError(f"{what}: {shard.name} repeats key(s) {_names(twice)}")

@@ -20,9 +20,11 @@ from pixelwizard.conversion.common import (
     StateDict,
     build_empty,
     cast,
+    check_safetensors,
     load_safetensors_folder,
     load_strict,
     load_torch_file,
+    read_json,
 )
 from pixelwizard.models.transformer_pixelwizard import PixelWizardTransformer3DModel
 
@@ -75,15 +77,18 @@ def convert(
 
 def _from_diffusers(base: Path, staging: Path, dtype) -> tuple[dict, dict[str, Any], Any]:
     """Copy text encoder, VAE and transformer as they are; re-save the tokenizer with Wan's length."""
-    index = json.loads((base / "model_index.json").read_text())
+    index = read_json(base / "model_index.json")
+    if not isinstance(index, dict):
+        raise ConversionError(f"{base}/model_index.json: not a JSON object")
     for name, expected in _EXPECTED_CLASSES.items():
         if list(index.get(name) or []) != list(expected):
             raise ConversionError(f"{base}/model_index.json: {name} is {index.get(name)}, expected {list(expected)}")
         if not (base / name).is_dir():
             raise ConversionError(f"{base}: {name}/ is missing")
+        check_safetensors(base / name, f"{base}: {name}")
         shutil.copytree(base / name, staging / name, copy_function=_link_or_copy)
     config_path = base / "transformer" / "config.json"
-    config = {k: v for k, v in json.loads(config_path.read_text()).items() if not k.startswith("_")}
+    config = {k: v for k, v in read_json(config_path).items() if not k.startswith("_")}
     tokenizer = _save_tokenizer(base / "tokenizer", staging / "tokenizer", text_len=512)
     return _index(tokenizer), config, lambda: load_safetensors_folder(
         base / "transformer", wan_transformer.WEIGHTS_PATTERN, "base transformer"
@@ -101,7 +106,7 @@ def _from_original(base: Path, staging: Path, dtype) -> tuple[dict, dict[str, An
     text = umt5.build(cast(load_torch_file(base / T5_FILE, "UMT5 encoder"), dtype))
     text.save_pretrained(staging / "text_encoder")
     del text
-    text_len = int(json.loads((base / "config.json").read_text()).get("text_len", 512))
+    text_len = int(read_json(base / "config.json").get("text_len", 512))
     tokenizer = _save_tokenizer(base / TOKENIZER_DIR, staging / "tokenizer", text_len)
     return _index(tokenizer), config, weights
 

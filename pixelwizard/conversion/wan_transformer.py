@@ -7,7 +7,6 @@ strict check that every tensor found a place.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from pixelwizard.conversion.common import (
     build_empty,
     load_safetensors_folder,
     load_strict,
+    read_json,
 )
 
 WEIGHTS_PATTERN = "diffusion_pytorch_model*.safetensors"
@@ -57,7 +57,7 @@ def read_original(folder: Path) -> tuple[dict[str, Any], StateDict]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"Wan transformer: {config_path} does not exist")
-    original = json.loads(config_path.read_text())
+    original = read_json(config_path)
     weights = to_diffusers_keys(load_safetensors_folder(folder, WEIGHTS_PATTERN, "Wan transformer"))
     text_key = "condition_embedder.text_embedder.linear_1.weight"
     if text_key not in weights:
