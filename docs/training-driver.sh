@@ -49,6 +49,29 @@ grain_cache() {  # grain_cache SECONDS: the grain world's VAE at $W/vae_grain (t
     tuned_vae vae_grain synthetic-grain $1 6144
   fi
 }
+grain_pair_start() {  # runs 26 and 30: the grain world's VAE and cache (grain_cache), then the two branches'
+  # start: RESUME_FROM's shortcut/ and fm_only/ (at $W/start_NAME), WARM_FROM's detail model, or flow matching alone from
+  # the shipped detail model for WARM_SECONDS (default 240) at $W/warmstart
+  returns detail_transformer shortcut fm_only
+  grain_cache 160 || return 1
+  if [ -n "${RESUME_FROM:-}" ]; then
+    grain_bundle start_shortcut $RESUME_FROM/shortcut && grain_bundle start_fm_only $RESUME_FROM/fm_only
+  elif [ -n "${WARM_FROM:-}" ]; then
+    grain_bundle warmstart $WARM_FROM
+  else
+    returns detail_transformer warmstart
+    compiled warmstart detail --model $W/vae_grain --latents $W/cache.pt --out $W/warmstart --sc-prob 0 \
+      --batch-size ${BATCH:-32} --lr 3e-4 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-240} \
+      --snapshot-every ${SNAPSHOT_SECONDS:-60}
+  fi
+}
+branch_start() {  # branch_start NAME: with RESUME_FROM, the options that resume branch NAME from its returned model at
+  # RESUME_LR (default 3e-4); given after detail_branch's own --model and --lr, so they win
+  [ -n "${RESUME_FROM:-}" ] && echo "--model $W/start_$1 --lr ${RESUME_LR:-3e-4}"
+}
+grain_bundle() {  # grain_bundle NAME FOLDER: the grain world's bundle with FOLDER's detail model, at $W/NAME
+  replaced $1 $W/vae_grain detail_transformer $2
+}
 detail_recipe() {  # detail_recipe OPTIONS...: runs 19 and 20's detail work, OPTIONS on every command: a flow-matching warm
   # start from fresh weights, then the shortcut model, flow matching only and the three ablations started side by side
   # in the background (the caller waits)

@@ -12,27 +12,12 @@
 # Runs in the background (setsid), watched by docs/training-wait.sh. A CPU check:
 #   DEVICE=cpu COMPILE=off CLIPS=8 STEPS=2 FM_STEPS=2 BATCH=2 VAE_BATCH=2 W=/tmp/w30 O=/tmp/o30 bash docs/training-run-30.sh
 . docs/training-driver.sh
-returns detail_transformer shortcut fm_only
-grain_cache 160 || exit 1
-with() { replaced $1 $W/vae_grain detail_transformer $2; }  # with NAME FOLDER: the grain bundle, FOLDER's detail model
-if [ -n "${RESUME_FROM:-}" ]; then
-  with start_shortcut $RESUME_FROM/shortcut && with start_fm_only $RESUME_FROM/fm_only || exit 1
-elif [ -n "${WARM_FROM:-}" ]; then
-  with warmstart $WARM_FROM || exit 1
-else
-  returns detail_transformer warmstart
-  compiled warmstart detail --model $W/vae_grain --latents $W/cache.pt --out $W/warmstart --sc-prob 0 \
-    --batch-size ${BATCH:-32} --lr 3e-4 --ema 0.99 --steps $STEPS --seed 3 --max-seconds ${WARM_SECONDS:-240} \
-    --snapshot-every ${SNAPSHOT_SECONDS:-60} || exit 1
-fi
+grain_pair_start || exit 1
 FM_STEPS=${FM_STEPS:-8000}; SC_STEPS=${SC_STEPS:-$(( 2 * FM_STEPS ))}
-model() {  # after detail_branch's own --model and --lr, so these win: the start and RESUME_LR (default 3e-4)
-  [ -n "${RESUME_FROM:-}" ] && echo "--model $W/start_$1 --lr ${RESUME_LR:-3e-4}"
-}
 # Steps, not time, end each branch (--max-seconds only caps a branch that runs far slower than run 26's).
 BRANCH_SECONDS=${BRANCH_SECONDS:-1500}
 detail_branch shortcut --lr 3e-4 --sc-prob 0.5 --sc-starts 100,200,300,400,500,600,700,800,900,1000 \
-  --steps $SC_STEPS $(model shortcut) &
-detail_branch fm_only --lr 3e-4 --sc-prob 0 --steps $FM_STEPS $(model fm_only) &
+  --steps $SC_STEPS $(branch_start shortcut) &
+detail_branch fm_only --lr 3e-4 --sc-prob 0 --steps $FM_STEPS $(branch_start fm_only) &
 wait
 finish
