@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, fail
+from cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, check_out_folder, fail, first_line
 
 batch_app = typer.Typer(help="Render prompt files as tracked, resumable batches.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Single jobs of a batch.", no_args_is_help=True)
@@ -56,7 +56,7 @@ def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
     try:
         return flow_call()
     except _known_errors() as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(first_line(exc))
     finally:
         stop.set()
         watcher.join()
@@ -159,13 +159,13 @@ def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
     """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, then ``check_inputs()``."""
     from pixelwizard.devices import resolve_device
 
-    if out is not None and out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a folder")
+    if out is not None:
+        check_out_folder(out)
     try:
         resolve_device(device)
         check_inputs()
     except _known_errors() as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(first_line(exc))
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -215,10 +215,13 @@ def submit(
 
     parameters = {"source": file, "preset": preset, "model": model, "seed": seed, "overrides": overrides}
     parameters |= {name: value for name, value in (("workers", workers), ("gpus", gpus)) if value is not None}
+    import httpx
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
     try:
         run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
-    except Exception as exc:  # at the CLI's edge: an unreachable server or an unknown deployment, as one line
-        fail(f"cannot start {deployment} on {_api_url()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    except (httpx.HTTPError, ObjectNotFound, PrefectHTTPStatusError) as exc:  # no server there, or no such deployment
+        fail(f"cannot start {deployment} on {_api_url()}: {first_line(exc)}", EXIT_FAILURE)
     typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment}")
 
 
@@ -301,18 +304,26 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
           model: Model = None, device: Device = None) -> None:
     """Requeue one failed job with a fresh count of attempts and, by default, run it (not the batch's other failed jobs)."""
     from flows import resources
+    from flows.batch import check_batch_model
     from storage.jobs import requeue_failed
     from storage.models import Job, JobStatus
 
     try:
-        with resources.database().begin() as session:
+        with resources.database()() as session:
             job = session.get(Job, job_id)
             if job is None:
                 fail(f"no job {job_id}")
             if job.status != JobStatus.failed:
                 fail(f"job {job_id} is {job.status}, only failed jobs can be retried")
             batch_id = job.batch_id
-            requeue_failed(session, batch_id, job_id=job_id)
+    except _known_errors() as exc:
+        fail(str(exc))
+    if run_now:  # everything the run needs is checked before the job is touched
+        _check_here(Path("out"), device, lambda: check_batch_model(batch_id, model))
+    try:
+        with resources.database().begin() as session:
+            if not requeue_failed(session, batch_id, job_id=job_id):
+                fail(f"job {job_id} is no longer failed; another command took it")
     except _known_errors() as exc:
         fail(str(exc))
     typer.echo(f"job {job_id} requeued in batch {batch_id}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.errors import fail
+from cli.errors import EXIT_FAILURE, fail, first_line
 
 
 def convert(
@@ -34,14 +34,14 @@ def convert(
     import torch
 
     from cli.progress import quiet_libraries
-    from pixelwizard.bundle import ModelFolderError
-    from pixelwizard.conversion import ConversionError
     from pixelwizard.conversion.convert import convert as run
 
     quiet_libraries()
     chosen = {"bf16": torch.bfloat16, "fp32": torch.float32, "keep": None}[dtype]
     try:
         path = run(base, out, detail=detail, weights=weights, dtype=chosen)
-    except (ConversionError, ModelFolderError, OSError, ValueError) as exc:  # ValueError: weights of a shape that
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # does not fit, found while building
+    except ValueError as exc:  # ConversionError, ModelFolderError, or release weights of a shape that does not fit
+        fail(first_line(exc))
+    except OSError as exc:  # the file system (a full disk, an --out that cannot be made), not the input's content
+        fail(first_line(exc), EXIT_FAILURE)
     typer.echo(f"wrote {path}")

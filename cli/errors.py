@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -14,6 +15,17 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name when it has none."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def check_out_folder(out: Path) -> None:
+    """An ``--out`` that must be a folder: a file there is a one-line error before any work."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a folder")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

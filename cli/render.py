@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from cli.errors import EXIT_FAILURE, fail
+from cli.errors import EXIT_FAILURE, check_out_folder, fail, first_line
 from cli.progress import StageProgress, quiet_libraries
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ def render(
         fail(f"unknown solver {solver!r}; choose unipc or euler")
     if codec not in ("h264", "hevc10"):
         fail(f"unknown codec {codec!r}; choose h264 or hevc10")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a folder")
+    check_out_folder(out)
     try:
         chosen = get_preset(preset).with_overrides(
             detail_steps=steps, anchor_steps=anchor_steps, detail_width=width, detail_height=height,
@@ -100,8 +99,8 @@ def render(
         fail(f"--out {out}: {exc.strerror or exc}")
     try:
         pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # a config or weights file that cannot be read
-        fail(f"model folder {bundle or default_model_path()} cannot be loaded: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+    except (OSError, ValueError) as exc:  # a config or weights file that cannot be read, or weights of another shape
+        fail(f"model folder {bundle or default_model_path()} cannot be loaded: {first_line(exc)}")
     pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
     failures = 0
     with StageProgress() as progress:
@@ -122,8 +121,7 @@ def render(
                 progress.finish_prompt(spec.id, str(path))
             except Exception as exc:  # one bad prompt must not lose the others
                 failures += 1
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-                progress.console.print(f"[red]failed[/] {escape(spec.id)}: {escape(reason)}")
+                progress.console.print(f"[red]failed[/] {escape(spec.id)}: {escape(first_line(exc))}")
     if failures:
         fail(f"{failures} of {len(todo)} prompt(s) failed", EXIT_FAILURE)
 

@@ -143,10 +143,9 @@ def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> 
     """Rank 0 writes the bundle and the report; then every rank leaves the process group together.
     A run whose last logged loss is not a finite number writes nothing and exits 1."""
     from pixelwizard.bundle import write_bundle
+    from pixelwizard.training.trainer import diverged
 
-    last = result.history[-1] if result.history else {}
-    bad = {name: value for name, value in last.items() if isinstance(value, float) and not math.isfinite(value)}
-    if bad:
+    if bad := diverged(result.history):
         _leave_process_group()
         fail(f"training diverged ({', '.join(f'{k}={v}' for k, v in bad.items())} after {result.steps} steps); "
              f"{out} not written", EXIT_FAILURE)

@@ -82,9 +82,8 @@ def _record(job: Job, plan: JobPlan) -> dict[str, Any]:
 
 def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> tuple[StoredObject, bool]:
     """The job's anchor latent from the cache, or generated and stored; (object, was_generated)."""
-    hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
-    if hit is not None:
-        return cache.store.stat(f"anchors/{plan.anchor_key}.safetensors"), False
+    if cache.get(ArtifactKind.anchor_latent, plan.anchor_key) is not None:  # read whole: a corrupt one is redone
+        return cache.entry_object(ArtifactKind.anchor_latent, plan.anchor_key), False
     latent = pipe.generate_anchor(
         job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
         batch_cfg=batch_cfg,
@@ -96,8 +95,9 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
 
 def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> StoredObject:
     """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it)."""
-    if cache.get(ArtifactKind.detail_latent, plan.detail_key) is not None:  # e.g. a resumed job that failed later
-        return cache.store.stat(f"details/{plan.detail_key}.safetensors")
+    cached = cache.entry_object(ArtifactKind.detail_latent, plan.detail_key)  # a resumed job that failed later
+    if cached is not None:  # (read, and redone if corrupt, by the encoding stage)
+        return cached
     hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
     if hit is None:
         log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
@@ -114,7 +114,7 @@ def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
     """The MP4 from the cache, or decoded from the cached detail latent (re-rendered if it was lost) and stored."""
     from pixelwizard.video import encode_video
 
-    cached = cache.video_object(plan.video_key)  # a job that failed after its video was stored
+    cached = cache.entry_object(ArtifactKind.video, plan.video_key)  # a job that failed after its video was stored
     if cached is not None:
         return cached
     hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)

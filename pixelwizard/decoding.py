@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-DECODE_OVERLAP = 3  # latent columns neighbouring chunks share: 48 pixels at 16 a column (SPEC.md 6)
+from pixelwizard.decode_chunks import DECODE_OVERLAP, chunk_spans
+
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]  # latent (B,C,F,h,w) -> video (B,3,T,H,W) in [-1, 1]
 
 
@@ -24,26 +25,6 @@ def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
     return mean, std
-
-
-def chunk_spans(latent_width: int, chunks: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) latent columns of each chunk: neighbours share exactly ``overlap`` columns (SPEC.md 6),
-    widths differ by at most one (the first chunks are the wider)."""
-    if chunks < 1:
-        raise ValueError(f"chunks must be at least 1, got {chunks}")
-    if chunks == 1:
-        return [(0, latent_width)]
-    width, wider = divmod(latent_width + (chunks - 1) * overlap, chunks)
-    if width >= latent_width or width <= 2 * overlap:
-        raise ValueError(
-            f"cannot cut a latent {latent_width} columns wide into {chunks} chunks overlapping by {overlap}"
-        )
-    spans, start = [], 0
-    for i in range(chunks):
-        end = start + width + (1 if i < wider else 0)
-        spans.append((start, end))
-        start = end - overlap
-    return spans
 
 
 def cosine_ramp(length: int, device: torch.device | None = None) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from pixelwizard.decode_chunks import DECODE_OVERLAP, chunk_spans
+
 COARSEST_VAE_STRIDE = 16  # pixels per latent column of the Wan2.2 VAE; the tiny VAE's 8 gives more columns
 
 
@@ -54,8 +56,6 @@ class Preset:
                 raise PresetError(f"{label} must be a number >= 0, got {value}")
         if self.fps < 1:
             raise PresetError(f"fps must be at least 1, got {self.fps}")
-        from pixelwizard.decoding import DECODE_OVERLAP, chunk_spans  # here: importing presets stays torch-free
-
         try:  # checked on the coarsest latent grid, the release VAE's 16 pixels a column (SPEC.md 6)
             chunk_spans(self.detail_width // COARSEST_VAE_STRIDE, self.decode_chunks, DECODE_OVERLAP)
         except ValueError as exc:

@@ -84,8 +84,15 @@ class JobSpec:
         """SHA-256 over prompt id, prompt, seed, preset and model (plus negative prompt and parameter
         overrides, which change the output too); equal keys in one batch are one job, so two ids with
         the same prompt and seed are two jobs (each gets its video; the cache renders it once)."""
+        return self._key({"prompt_id": self.prompt_id})
+
+    def key_before_prompt_ids(self) -> str:
+        """The key of versions that left the prompt id out, so that a batch they ingested is found again."""
+        return self._key({})
+
+    def _key(self, extra: dict[str, str]) -> str:
         document = {
-            "prompt_id": self.prompt_id,
+            **extra,
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
@@ -159,6 +166,7 @@ def add_jobs(session: Session, batch_id: int, specs: Iterable[JobSpec]) -> list[
     Every spec is checked before any is written (``ValueTooLongError`` for an overlong identifier)."""
     specs = list(specs)
     keys = [spec.idempotency_key() for spec in specs]
+    jobs = _jobs_ingested_before_prompt_ids(session, batch_id, specs, keys)
     now = utcnow()
     rows = {
         key: {
@@ -177,14 +185,28 @@ def add_jobs(session: Session, batch_id: int, specs: Iterable[JobSpec]) -> list[
             "updated_at": now,
         }
         for key, spec in zip(keys, specs, strict=True)
+        if key not in jobs
     }
     for chunk in _chunks(list(rows.values())):
         session.execute(_insert_ignoring_duplicates(session, Job, chunk, ["batch_id", "idempotency_key"]))
-    jobs: dict[str, Job] = {}
     for chunk in _chunks(list(rows)):
         stmt = select(Job).where(Job.batch_id == batch_id, Job.idempotency_key.in_(chunk))
         jobs.update((job.idempotency_key, job) for job in session.scalars(stmt))
     return [jobs[key] for key in keys]
+
+
+def _jobs_ingested_before_prompt_ids(
+    session: Session, batch_id: int, specs: list[JobSpec], keys: list[str]
+) -> dict[str, Job]:
+    """The batch's jobs that earlier versions keyed without the prompt id, by the key each spec has now."""
+    wanted = {(spec.key_before_prompt_ids(), spec.prompt_id): key for spec, key in zip(specs, keys, strict=True)}
+    found: dict[str, Job] = {}
+    for chunk in _chunks(sorted({old for old, _ in wanted})):
+        stmt = select(Job).where(Job.batch_id == batch_id, Job.idempotency_key.in_(chunk))
+        for job in session.scalars(stmt):
+            if (key := wanted.get((job.idempotency_key, job.prompt_id))) is not None:
+                found[key] = job
+    return found
 
 
 def claim_next_job(

@@ -156,16 +156,16 @@ class LatentCache:
         """Download the cached MP4 to ``dest`` (verified) and return its record, or ``None``."""
         return self._fetch_entry(ArtifactKind.video, key, Path(dest))
 
-    def video_object(self, key: str) -> StoredObject | None:
-        """The cached MP4's object if its entry is complete (record and payload), else ``None``; not verified here."""
-        payload_key, record_key = self._keys(ArtifactKind.video, key)
+    def entry_object(self, kind: ArtifactKind | str, key: str) -> StoredObject | None:
+        """The payload of a complete entry (record and payload), else ``None``; not verified here (a read is)."""
+        payload_key, record_key = self._keys(ArtifactKind(kind), key)
         if not (self.store.exists(record_key) and self.store.exists(payload_key)):
             return None
         return self.store.stat(payload_key)
 
     def get_video_uri(self, key: str, *, expires: int = 3600) -> str | None:
         """A fetchable URI of the cached MP4 (presigned for S3) or ``None``; not verified here."""
-        stored = self.video_object(key)
+        stored = self.entry_object(ArtifactKind.video, key)
         return None if stored is None else self.store.presign(stored.key, expires)
 
     def _put_entry(
@@ -175,7 +175,8 @@ class LatentCache:
 
         Puts are atomic, so a payload already stored is another writer's complete one (a concurrent put of the
         same key, or one that stopped before its record). It is kept, never overwritten, and the record names it,
-        so that record and payload agree whichever writer's record lands first.
+        so that record and payload agree whichever writer's record lands first; only a leftover that no reader
+        could use (``_usable``), which no live writer leaves, is replaced.
         """
         clash = _RESERVED_RECORD_FIELDS & set(record)
         if clash:
@@ -192,6 +193,8 @@ class LatentCache:
                 if self.store.exists(record_key):
                     log.info("cache entry %s already stored by another writer; keeping it", payload_key)
                     return stored
+                if not self._usable(kind, payload_key):
+                    stored = self.store.put_file(payload_key, path)
         document = {
             **record,
             **extra,
@@ -206,13 +209,29 @@ class LatentCache:
             log.info("cache record %s already written by another writer", record_key)
         return stored
 
+    def _usable(self, kind: ArtifactKind, payload_key: str) -> bool:
+        """Whether a payload stored without its record can be kept: a latent's safetensors header must read
+        (an MP4 is kept as it is; the encoder only renames a finished one into place)."""
+        if kind == ArtifactKind.video:
+            return True
+        from safetensors import SafetensorError, safe_open
+
+        with tempfile.TemporaryDirectory(prefix="pixelwizard-cache-") as tmp:
+            path = Path(tmp) / "kept.safetensors"
+            try:
+                self.store.get_file(payload_key, path)
+                with safe_open(str(path), "pt"):
+                    return True
+            except (SafetensorError, CorruptObjectError, ObjectNotFoundError):
+                return False
+
     def _fetch_entry(self, kind: ArtifactKind, key: str, dest: Path) -> dict[str, Any] | None:
         """Read the record and download the payload to ``dest``; quarantine and miss on any mismatch."""
         payload_key, record_key = self._keys(kind, key)
         try:
             record = json.loads(self.store.get_bytes(record_key))
         except ObjectNotFoundError:
-            return None  # a payload without its record is an unfinished put; the next put replaces it
+            return None  # a payload without its record is an unfinished put; the next put keeps it if usable
         except (CorruptObjectError, ValueError) as err:
             self._quarantine(kind, key, str(err))
             return None

@@ -99,6 +99,21 @@ def test_add_jobs_is_idempotent_per_batch(factory: sessionmaker[Session]) -> Non
         assert session.get(Job, first[0].id).parameters == {"steps": 4}  # type: ignore[union-attr]
 
 
+def test_jobs_keyed_by_an_earlier_version_are_found_again(factory: sessionmaker[Session]) -> None:
+    """Batches ingested before the prompt id was part of the job key: ingesting their file again adds nothing."""
+    spec = JobSpec("p1", "a red fox", 7, "4k", "rev1")
+    with factory.begin() as session:
+        batch = create_batch(session, name="b", source="prompts.txt", preset="4k")
+        old = Job(batch_id=batch.id, prompt_id="p1", prompt="a red fox", seed=7, preset="4k", model_revision="rev1",
+                  idempotency_key=spec.key_before_prompt_ids())
+        session.add(old)
+        session.flush()
+        again = add_jobs(session, batch.id, [spec, JobSpec("p2", "a red fox", 7, "4k", "rev1")])
+    assert again[0].id == old.id and again[1].id != old.id
+    with factory() as session:
+        assert batch_summary(session, batch.id).counts == {S.pending: 2}
+
+
 def test_ensure_batch_returns_the_batch_of_the_same_input(factory: sessionmaker[Session]) -> None:
     with factory.begin() as session:
         first = ensure_batch(session, idempotency_key="k" * 64, name="b", source="prompts.txt", preset="4k")

@@ -193,6 +193,9 @@ def test_jobs_retry_runs_only_that_job_with_a_fresh_count_of_attempts(env, model
 
     broken.discard("green")  # green would now render, but only blue is retried
     monkeypatch.chdir(tmp_path)  # the retry copies finished videos to ./out
+    wrong = CliRunner().invoke(app, ["jobs", "retry", str(blue.id)])  # the embedded model, not the batch's
+    assert wrong.exit_code == 2 and "pass --model" in wrong.stderr, wrong.output
+    assert next(j for j in jobs_of(report["batch_id"]) if j.id == blue.id).status == JobStatus.failed  # untouched
     result = CliRunner().invoke(app, ["jobs", "retry", str(blue.id), "--model", model])
 
     assert result.exit_code == 3, result.output  # the batch stays partial

@@ -205,6 +205,9 @@ def test_record_without_payload_is_quarantined_payload_without_record_is_a_plain
     store.put_bytes(f"anchors/{key}.safetensors", b"unfinished write")  # crash before the record
     assert cache.get("anchor_latent", key) is None
     assert store.exists(f"anchors/{key}.safetensors")  # left in place: a miss, nothing quarantined
+    cache.put("anchor_latent", key, _latents(), _record())  # no reader could use that leftover: replaced
+    hit = cache.get("anchor_latent", key)
+    assert hit is not None and torch.equal(hit[0]["sigmas"], _latents()["sigmas"])
 
 
 def test_a_payload_already_there_is_kept_and_named_by_the_record(store: ObjectStore, tmp_path: Path) -> None:

@@ -251,20 +251,31 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(bundle_and_cache
     assert previous.read_text() == before
 
 
-@pytest.mark.parametrize("target", ["folder", "latents", "dot"])
-def test_out_that_is_not_a_bundle_or_holds_the_input_is_refused_before_any_work(bundle_and_cache, tmp_path, target):
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("folder", "error: --out: {out} exists and is not a model bundle"),
+        ("latents", "error: --out: {out} exists and is not a model bundle"),
+        ("dot", "error: --out: . names no folder"),
+        ("bundle holding the latents", "error: --latents {latents} lies inside --out {out}"),
+    ],
+)
+def test_out_that_is_not_a_bundle_or_holds_the_input_is_refused_before_any_work(bundle_and_cache, tmp_path, target,
+                                                                               message):
     import shutil
 
     bundle, cache_file = bundle_and_cache
-    notes = tmp_path / "work" / "notes.txt"
-    notes.parent.mkdir()
+    work = shutil.copytree(bundle, tmp_path / "work") if target.startswith("bundle") else tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    notes = work / "notes.txt"
     notes.write_text("mine")
-    latents = shutil.copy(cache_file, tmp_path / "work" / "cache.pt")
-    out = {"folder": notes.parent, "latents": latents, "dot": "."}[target]
+    latents = Path(shutil.copy(cache_file, work / "cache.pt"))
+    out = {"folder": work, "latents": latents, "dot": Path("."), "bundle holding the latents": work}[target]
     result = invoke("detail", "--latents", latents, "--model", bundle, "--out", out, "--steps", "1", "--device", "cpu")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: --out"), result.output
-    assert notes.read_text() == "mine" and Path(latents).is_file()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(message.format(out=out, latents=latents)), lines[0]
+    assert notes.read_text() == "mine" and latents.is_file()
 
 
 def test_a_diverged_run_writes_nothing_and_exits_1(bundle_and_cache, tmp_path):

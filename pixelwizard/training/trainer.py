@@ -168,13 +168,20 @@ def run_loop(loss_fn: LossFn, params: list[torch.nn.Parameter], cfg: TrainConfig
             window = {}
             if rank() == 0:
                 log(" ".join(f"{k}={v:.4g}" for k, v in entry.items()))
-        if snapshot is not None and cfg.snapshot_every is not None and time.monotonic() - last_snapshot >= cfg.snapshot_every:
+        due = snapshot is not None and cfg.snapshot_every is not None and time.monotonic() - last_snapshot >= cfg.snapshot_every
+        if due and not diverged(history) and bool(torch.isfinite(loss.detach())):  # a NaN run keeps its last good one
             with ema.applied() if ema is not None else contextlib.nullcontext():
                 snapshot(done)
             last_snapshot = time.monotonic()
     if ema is not None:
         ema.copy_to_model()
     return TrainResult(steps=done, seconds=time.monotonic() - start, history=history)
+
+
+def diverged(history: list[dict[str, float]]) -> dict[str, float]:
+    """The losses of the latest logged entry that are not finite numbers; empty while training is sound."""
+    last = history[-1] if history else {}
+    return {name: value for name, value in last.items() if isinstance(value, float) and not math.isfinite(value)}
 
 
 def _random_crop(video: torch.Tensor, crop: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
