@@ -289,14 +289,18 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
         try:
             with resources.database()() as session:
                 victim = session.scalars(
-                    select(Job).where(Job.status.in_([JobStatus.rendering, JobStatus.encoding]))
+                    select(Job).join(Attempt, Attempt.job_id == Job.id).where(
+                        Job.status.in_([JobStatus.rendering, JobStatus.encoding]),
+                        Attempt.outcome == AttemptOutcome.running)
                 ).first()
         except Exception:  # the database is created by the child; it may not exist yet
             continue
     assert victim is not None, process.communicate()[0]
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    stage_at_kill = victim.status
+    # What the kill interrupted, read after it: the job may have finished the stage seen above in between.
+    interrupted = [(a.job_id, a.stage) for a in attempts_of(victim.batch_id) if a.outcome == AttemptOutcome.running]
+    assert len(interrupted) == 1, interrupted
 
     with resources.database()() as session:
         batch_id = victim.batch_id
@@ -322,9 +326,10 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert len(videos) == 4 and len({v.job_id for v in videos}) == 4
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
     crashed = [a for a in attempts_of(batch_id) if a.outcome == AttemptOutcome.crashed]
-    assert [(a.job_id, a.stage) for a in crashed] == [(victim.id, stage_at_kill)]
+    assert [(a.job_id, a.stage) for a in crashed] == interrupted
+    [(crashed_job, crashed_stage)] = interrupted
     renders = [a.job_id for a in attempts_of(batch_id) if a.stage == JobStatus.rendering]
-    assert sorted(renders) == sorted([j.id for j in jobs_of(batch_id)] + [victim.id] * (stage_at_kill == JobStatus.rendering))
+    assert sorted(renders) == sorted([j.id for j in jobs_of(batch_id)] + [crashed_job] * (crashed_stage == JobStatus.rendering))
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
 
