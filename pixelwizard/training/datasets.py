@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from pixelwizard.training.render import object_mask, render_scenes
-from pixelwizard.video import VideoDecodeError, probe_video
 from pixelwizard.training.scenes import Split, counterfactual, scene_for
+from pixelwizard.video import VideoDecodeError, probe_video
+
+PROBE_THREADS = 8  # ffmpeg processes probing a real-clip list at once
 
 
 @dataclass(frozen=True)
@@ -152,14 +155,21 @@ class RealClips:
             video = self.path.parent / record["video"]
             if not video.is_file():
                 raise DatasetError(f"{where}: video {video} does not exist")
-            try:
-                frames = probe_video(video).frames
-            except VideoDecodeError as exc:
-                raise DatasetError(f"{where}: video {video} cannot be read ({str(exc).splitlines()[0]})") from None
-            if frames < self.frames:
-                raise DatasetError(f"{where}: video {video} has {frames} frames, need at least {self.frames}")
             items.append((video, caption.strip()))
+        self._check_videos([(number, item) for number, item in enumerate(items, start=1) if item is not None])
         return items
+
+    def _check_videos(self, listed: list[tuple[int, tuple[Path, str]]]) -> None:
+        """Every listed video decodes and has enough frames; probed a few at a time (one ffmpeg each, so that
+        a long list opens in a fraction of the time), problems raised for the first bad line."""
+        with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
+            probes = pool.map(_frame_count, [video for _, (video, _) in listed])
+            for (number, (video, _)), frames in zip(listed, probes):
+                where = f"{self.path}:{number}"
+                if isinstance(frames, VideoDecodeError):
+                    raise DatasetError(f"{where}: video {video} cannot be read ({str(frames).splitlines()[0]})")
+                if frames < self.frames:
+                    raise DatasetError(f"{where}: video {video} has {frames} frames, need at least {self.frames}")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -177,6 +187,14 @@ class RealClips:
                 raise DatasetError(f"{self.items[i][0]}: {video.shape[0]} frames, need at least {self.frames}")
             batch.append(fit_clip(video, self.frames, self.width, self.height))
         return torch.stack(batch).to(device)
+
+
+def _frame_count(video: Path) -> int | VideoDecodeError:
+    """The video's frame count, or the error that reading it raised (returned, to be reported in line order)."""
+    try:
+        return probe_video(video).frames
+    except VideoDecodeError as exc:
+        return exc
 
 
 def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, seed: int) -> ClipSource:
