@@ -288,12 +288,15 @@ def resume(
 
 
 def _resume(batch_id: int, workers: int, model: str | None, device: str | None, out: Path | None, as_json: bool,
-            *, requeue_failed_jobs: bool) -> None:
+            *, requeue_failed_jobs: bool, once_checked=None) -> None:
+    """Check everything the run needs, call ``once_checked()`` if given (``jobs retry``: requeue its job), run."""
     _quiet_prefect()
     from flows.batch import check_batch_model, resume_batch
 
     _report(batch_id)  # fails early on an unknown batch
     _check_here(out, device, lambda: check_batch_model(batch_id, model))
+    if once_checked is not None:
+        once_checked()
     report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_failed_jobs=requeue_failed_jobs),
                        batch_hint=batch_id)
     _finish(report, as_json, out)
@@ -304,7 +307,6 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
           model: Model = None, device: Device = None) -> None:
     """Requeue one failed job with a fresh count of attempts and, by default, run it (not the batch's other failed jobs)."""
     from flows import resources
-    from flows.batch import check_batch_model
     from storage.jobs import requeue_failed
     from storage.models import Job, JobStatus
 
@@ -318,17 +320,20 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
             batch_id = job.batch_id
     except _known_errors() as exc:
         fail(str(exc))
+
+    def requeue() -> None:
+        try:
+            with resources.database().begin() as session:
+                if not requeue_failed(session, batch_id, job_id=job_id):
+                    fail(f"job {job_id} is no longer failed; another command took it")
+        except _known_errors() as exc:
+            fail(str(exc))
+        typer.echo(f"job {job_id} requeued in batch {batch_id}")
+
     if run_now:  # everything the run needs is checked before the job is touched
-        _check_here(Path("out"), device, lambda: check_batch_model(batch_id, model))
-    try:
-        with resources.database().begin() as session:
-            if not requeue_failed(session, batch_id, job_id=job_id):
-                fail(f"job {job_id} is no longer failed; another command took it")
-    except _known_errors() as exc:
-        fail(str(exc))
-    typer.echo(f"job {job_id} requeued in batch {batch_id}")
-    if run_now:
-        _resume(batch_id, 1, model, device, Path("out"), False, requeue_failed_jobs=False)
+        _resume(batch_id, 1, model, device, Path("out"), False, requeue_failed_jobs=False, once_checked=requeue)
+    else:
+        requeue()
 
 
 @cache_app.command("ls")

@@ -83,7 +83,7 @@ def _record(job: Job, plan: JobPlan) -> dict[str, Any]:
 def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> tuple[StoredObject, bool]:
     """The job's anchor latent from the cache, or generated and stored; (object, was_generated)."""
     if cache.get(ArtifactKind.anchor_latent, plan.anchor_key) is not None:  # read whole: a corrupt one is redone
-        return cache.entry_object(ArtifactKind.anchor_latent, plan.anchor_key), False
+        return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), False
     latent = pipe.generate_anchor(
         job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
         batch_cfg=batch_cfg,

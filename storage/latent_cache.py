@@ -161,7 +161,11 @@ class LatentCache:
         payload_key, record_key = self._keys(ArtifactKind(kind), key)
         if not (self.store.exists(record_key) and self.store.exists(payload_key)):
             return None
-        return self.store.stat(payload_key)
+        return self.payload_object(kind, key)
+
+    def payload_object(self, kind: ArtifactKind | str, key: str) -> StoredObject:
+        """The stored payload of an entry known to exist (e.g. just read with ``get``)."""
+        return self.store.stat(self._keys(ArtifactKind(kind), key)[0])
 
     def get_video_uri(self, key: str, *, expires: int = 3600) -> str | None:
         """A fetchable URI of the cached MP4 (presigned for S3) or ``None``; not verified here."""
