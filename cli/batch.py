@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -45,11 +46,32 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ModelFolderError, DeviceError, PresetError, DatabaseError, StorageError, ValueError, FileNotFoundError)
 
 
+class _ReportedOnOneLine(logging.Filter):
+    """Drops Prefect's error records of a run that raised a known error (its traceback, then its "Finished in state
+    Failed" line): the CLI reports that error on one line itself. Any other error keeps Prefect's traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: set[str | None] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
+        if record.exc_info and isinstance(record.exc_info[1], _known_errors()):
+            self._runs.add(run)
+            return False
+        return not (record.levelno >= logging.ERROR and run in self._runs)
+
+
+_REPORTED_ON_ONE_LINE = _ReportedOnOneLine()
+
+
 def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
     """Run a flow in this process with a progress bar fed from the database; one-line errors."""
     from cli.progress import quiet_libraries
 
     quiet_libraries()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_REPORTED_ON_ONE_LINE)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(stop, batch_hint), daemon=True)
     watcher.start()
@@ -103,9 +125,12 @@ def _export(report: dict[str, Any], out: Path) -> None:
 
 
 def _finish(report: dict[str, Any], as_json: bool, out: Path | None) -> None:
-    if out is not None:
-        _export(report, out)
     _print_report(report, as_json)
+    if out is not None:
+        try:
+            _export(report, out)
+        except _known_errors() as exc:
+            fail(f"cannot copy the videos to {out}: {first_line(exc)}", EXIT_FAILURE)
     status = report["status"]
     raise typer.Exit(EXIT_OK if status == "done" else EXIT_PARTIAL if status == "partial" else EXIT_FAILURE)
 
@@ -156,7 +181,9 @@ def run(
 
 
 def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
-    """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, then ``check_inputs()``."""
+    """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, ``check_inputs()``, then
+    the run database and the object store (opened here, so that one out of reach fails before any job does)."""
+    from flows import resources
     from pixelwizard.devices import resolve_device
 
     if out is not None:
@@ -164,6 +191,8 @@ def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
     try:
         resolve_device(device)
         check_inputs()
+        resources.database()
+        resources.cache()
     except _known_errors() as exc:
         fail(first_line(exc))
 

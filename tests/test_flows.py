@@ -358,3 +358,67 @@ def test_bad_input_fails_on_one_line_before_any_batch_is_created(env, model, tmp
     factory = open_database(env["PIXELWIZARD_DATABASE_URL"])
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(Batch)) == 0
+
+
+OUT_OF_REACH = [  # nothing listens on port 9 of this machine
+    ({"PIXELWIZARD_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none"}, "cannot connect to database"),
+    ({"PIXELWIZARD_STORE_URL": "s3://no-bucket/pw", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+      "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}, "cannot reach s3://no-bucket"),
+]
+
+
+@pytest.mark.parametrize(("settings", "message"), OUT_OF_REACH)
+def test_a_database_or_store_out_of_reach_is_one_line_before_any_flow_runs(env, model, tmp_path, settings, message):
+    out = tmp_path / "videos"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "batch", "run", str(write_prompts(tmp_path / "p.txt")), "--model", model,
+         "--out", str(out)],
+        env={**env, **settings}, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert not out.exists()
+    if "PIXELWIZARD_STORE_URL" in settings:  # the database was reachable: no batch was made in it
+        with resources.database()() as session:
+            assert session.scalar(select(func.count()).select_from(Batch)) == 0
+
+
+FLOW_RAISING = """
+import sys
+import typer
+from cli.batch import _quiet_prefect, _run_flow
+_quiet_prefect()
+from prefect import flow, task
+from storage.errors import StorageError
+
+@task
+def stage(kind):
+    raise StorageError("the store went away") if kind == "known" else RuntimeError("not a known error")
+
+@flow
+def batch(kind):
+    return stage(kind)
+
+try:
+    _run_flow(lambda: batch(sys.argv[1]))
+except typer.Exit as exc:
+    sys.exit(exc.exit_code)
+"""
+
+
+@pytest.mark.parametrize("kind", ["known", "unknown"])
+def test_an_error_raised_inside_a_flow_is_one_line_when_the_cli_knows_it(env, tmp_path, kind):
+    """A real Prefect flow whose task raises: a known error (a storage failure) is the CLI's one line, without
+    Prefect's records of it; any other error keeps Prefect's traceback, which is what a bug report needs."""
+    script = tmp_path / "flow_raising.py"
+    script.write_text(FLOW_RAISING)
+    result = subprocess.run([sys.executable, str(script), kind], env={**env, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if kind == "known":
+        assert result.returncode == 2 and lines == ["error: the store went away"], result.stderr
+    else:
+        assert result.returncode == 1
+        assert "Task run failed with exception: RuntimeError('not a known error')" in result.stderr
+        assert "Traceback (most recent call last)" in result.stderr
