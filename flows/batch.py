@@ -15,7 +15,7 @@ from prefect import flow, task
 from sqlalchemy import func, select
 
 from flows import resources
-from flows.stage_runner import give_up_stage
+from flows.stage_runner import TRANSIENT_ERRORS, give_up_stage, retry_delay
 from flows.summary import batch_report
 from flows.tasks import anchor_job, render_job
 from storage.jobs import claim_next_job
@@ -34,10 +34,12 @@ def _drain(
     working: Iterable[JobStatus],
     process: Callable[[int], Any],
 ) -> list[Any]:
-    """Claim and process jobs until none is ready and no other worker still holds one."""
+    """Claim and process jobs until none is ready and no other worker still holds one. A failed stage is given up
+    (tried again later, or the job failed at its limit); after a transient failure the worker backs off first."""
     factory, settings = resources.database(), resources.worker_settings()
     ready, working = list(ready), list(working)
     results = []
+    transient_in_a_row = 0
     while True:
         job = claim_next_job(factory, batch_id, worker, settings.lease_seconds, ready)
         if job is None:
@@ -51,8 +53,11 @@ def _drain(
             continue
         try:
             results.append(process(job.id))
+            transient_in_a_row = 0
         except Exception as exc:
             give_up_stage(factory, job.id, worker, exc, settings.max_attempts)
+            transient_in_a_row = transient_in_a_row + 1 if isinstance(exc, TRANSIENT_ERRORS) else 0
+            time.sleep(retry_delay(exc, transient_in_a_row))
 
 
 @flow(name="ingest")

@@ -8,11 +8,13 @@ previous attempt already stored.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.unsaved import store_once
 from pixelwizard.presets import Preset, get_preset
 from pixelwizard.seeds import StageSeeds, stage_seeds
 from storage.latent_cache import LatentCache, anchor_cache_key, artifact_key
@@ -84,12 +86,16 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
     """The job's anchor latent from the cache, or generated and stored; (object, was_generated)."""
     if cache.get(ArtifactKind.anchor_latent, plan.anchor_key) is not None:  # read whole: a corrupt one is redone
         return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), False
-    latent = pipe.generate_anchor(
-        job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
-        batch_cfg=batch_cfg,
-    )
-    stored = cache.put(ArtifactKind.anchor_latent, plan.anchor_key, {"latent": latent},
-                       {**_record(job, plan), "parameters": plan.anchor_params})
+
+    def generate():
+        return pipe.generate_anchor(
+            job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
+            batch_cfg=batch_cfg,
+        )
+
+    record = {**_record(job, plan), "parameters": plan.anchor_params}
+    stored = store_once(f"anchors/{plan.anchor_key}", generate,
+                        lambda latent: cache.put(ArtifactKind.anchor_latent, plan.anchor_key, {"latent": latent}, record))
     return stored, True
 
 
@@ -98,16 +104,20 @@ def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
     cached = cache.entry_object(ArtifactKind.detail_latent, plan.detail_key)  # a resumed job that failed later
     if cached is not None:  # (read, and redone if corrupt, by the encoding stage)
         return cached
-    hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
-    if hit is None:
-        log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
-        anchor(pipe, cache, job, plan, batch_cfg=batch_cfg)
+
+    def render():
         hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
-    latent = pipe.render_detail(
-        hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
-        negative_prompt=job.negative_prompt or None, solver=SOLVER, batch_cfg=batch_cfg,
-    )
-    return cache.put(ArtifactKind.detail_latent, plan.detail_key, {"latent": latent}, _record(job, plan))
+        if hit is None:
+            log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
+            anchor(pipe, cache, job, plan, batch_cfg=batch_cfg)
+            hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
+        return pipe.render_detail(
+            hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
+            negative_prompt=job.negative_prompt or None, solver=SOLVER, batch_cfg=batch_cfg,
+        )
+
+    return store_once(f"details/{plan.detail_key}", render, lambda latent: cache.put(
+        ArtifactKind.detail_latent, plan.detail_key, {"latent": latent}, _record(job, plan)))
 
 
 def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
@@ -117,12 +127,20 @@ def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
     cached = cache.entry_object(ArtifactKind.video, plan.video_key)  # a job that failed after its video was stored
     if cached is not None:
         return cached
-    hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
-    if hit is None:
-        log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)
-        detail(pipe, cache, job, plan)
+
+    def encode() -> Path:
         hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
-    frames = pipe.decode(hit[0]["latent"], chunks=plan.preset.decode_chunks)
-    with tempfile.TemporaryDirectory(prefix="pixelwizard-video-") as tmp:
-        path = encode_video(iter(frames.numpy()), Path(tmp) / f"{job.prompt_id}.mp4", fps=plan.preset.fps, codec=CODEC)
-        return cache.put_video(plan.video_key, path, _record(job, plan))
+        if hit is None:
+            log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)
+            detail(pipe, cache, job, plan)
+            hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
+        frames = pipe.decode(hit[0]["latent"], chunks=plan.preset.decode_chunks)
+        folder = Path(tempfile.mkdtemp(prefix="pixelwizard-video-"))  # removed once stored (flows.unsaved)
+        try:
+            return encode_video(iter(frames.numpy()), folder / f"{job.prompt_id}.mp4", fps=plan.preset.fps, codec=CODEC)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    return store_once(f"videos/{plan.video_key}", encode,
+                      lambda path: cache.put_video(plan.video_key, path, _record(job, plan)))

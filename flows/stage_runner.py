@@ -3,7 +3,8 @@
 A stage moves a job from a ready status to the working status, does the work while a
 background thread renews the lease, records the artifact, and moves the job on. A failed stage
 falls back to its ready status for another try, until the job has failed that stage
-``max_attempts`` times (crashes included); then the job is failed with the error.
+``max_attempts`` times (crashes included); then the job is failed with the error. A transient failure
+(store, network, database) waits a backoff before the next try.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.enums import EXPIRED_LEASE_FALLBACK, TERMINAL_STATUSES
-from storage.errors import StaleJobError
+from storage.errors import DatabaseUnavailableError, StaleJobError, StorageError
 from storage.jobs import finish_attempt, heartbeat, record_artifact, release, start_attempt, transition
 from storage.models import ArtifactKind, Attempt, AttemptOutcome, Job, JobStatus
 from storage.object_store import StoredObject
@@ -30,6 +31,18 @@ STAGES: dict[JobStatus, tuple[JobStatus, JobStatus, ArtifactKind]] = {
     JobStatus.rendering: (JobStatus.anchored, JobStatus.rendered, ArtifactKind.detail_latent),
     JobStatus.encoding: (JobStatus.rendered, JobStatus.done, ArtifactKind.video),
 }
+
+
+TRANSIENT_ERRORS = (StorageError, DatabaseUnavailableError, ConnectionError, TimeoutError)
+MAX_BACKOFF_SECONDS = 60.0
+
+
+def retry_delay(error: BaseException, transient_in_a_row: int) -> float:
+    """Seconds to wait before trying again after ``error``: 0 unless transient, else 1, 2, 4 ... (capped) for
+    the ``transient_in_a_row``-th transient failure in a row (a second try soon after is what fixes those)."""
+    if not isinstance(error, TRANSIENT_ERRORS):
+        return 0.0
+    return min(MAX_BACKOFF_SECONDS, 2.0 ** (transient_in_a_row - 1))
 
 
 def one_line(exc: BaseException) -> str:

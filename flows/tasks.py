@@ -1,27 +1,16 @@
 """Prefect tasks: one job's stages. They take and return ids and cache keys, never tensors.
 
-Transient failures (object store, network, database connection) are retried here with
-exponential backoff; anything else is the job's failure, counted against its attempts by the
-worker loop.
+A task tries its stage once: the worker loop (``flows.batch``) retries a failed stage, after a backoff when the
+failure is transient, so that every try is one attempt row and counts against the job's limit.
 """
 
 from __future__ import annotations
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from flows import job_work, resources
 from flows.stage_runner import run_stage
-from storage.errors import DatabaseUnavailableError, StorageError
 from storage.models import Job, JobStatus
-
-TRANSIENT = (StorageError, DatabaseUnavailableError, ConnectionError, TimeoutError)
-
-
-def is_transient(_task, _task_run, state) -> bool:
-    """Retry only errors that a second try can fix."""
-    return isinstance(state.result(raise_on_failure=False), TRANSIENT)
-
 
 class ModelMismatchError(RuntimeError):
     """The worker's model is not the one the job was submitted for."""
@@ -48,7 +37,7 @@ def _batch_cfg(job: Job, device: str | None) -> bool:
     return resources.execution_plan(job.preset, resolve_device(device)).batch_cfg
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=is_transient)
+@task
 def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) -> bool:
     """Anchor stage of one claimed job; True if the anchor was generated, False if it was cached."""
     cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()
@@ -65,7 +54,7 @@ def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) 
     return generated
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=is_transient)
+@task
 def render_job(job_id: int, worker: str, model: str | None, device: str | None) -> str:
     """Detail and encoding stages of one claimed job (whichever remain); returns the video's URI."""
     cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()

@@ -18,13 +18,14 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import func, select
 
-from flows import job_work, resources
+from flows import job_work, resources, unsaved
 from flows.batch import anchors, ingest, nightly_batch, resume_batch
 from pixelwizard.bundle import write_bundle
 from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.pipeline import PixelWizardPipeline
 from pixelwizard.video import read_video
 from storage.database import open_database
+from storage.errors import StorageError
 from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Batch, Job, JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,6 +245,54 @@ def test_resume_of_a_job_that_failed_encoding_reuses_its_latents_and_needs_the_b
     resumed = resume_batch(report["batch_id"], model=model)
     assert resumed["status"] == "done" and renders == []  # the detail latent from before the failure was reused
 
+
+
+def test_a_store_failing_its_puts_costs_no_render_again_and_no_try_beyond_the_limit(env, model, tmp_path, monkeypatch):
+    """A real store failure: a file where the store's details/ folder goes makes every detail put fail (a transient
+    StorageError). The stage is tried exactly PIXELWIZARD_MAX_ATTEMPTS times and the detail latent is rendered once;
+    when the store works again, a resume in this process stores the kept latent without rendering it again."""
+    monkeypatch.setenv("PIXELWIZARD_MAX_ATTEMPTS", "2")
+    blocker = resources.cache().store.root / "details"
+    blocker.write_text("not a folder")
+    renders = []  # a spy: the real render_detail, counted
+    real_render = PixelWizardPipeline.render_detail
+    monkeypatch.setattr(PixelWizardPipeline, "render_detail",
+                        lambda self, *args, **kwargs: renders.append(args[1]) or real_render(self, *args, **kwargs))
+
+    report = nightly_batch(str(write_prompts(tmp_path / "p.txt", PROMPTS[:1])), "tiny", model=model, overrides=SMALL)
+    [job] = jobs_of(report["batch_id"])
+    assert report["status"] == "failed" and job.status == JobStatus.failed
+    assert job.last_error.startswith("StorageError: cannot write object 'details/")
+    tries = [a.outcome for a in attempts_of(report["batch_id"]) if a.stage == JobStatus.rendering]
+    assert tries == [AttemptOutcome.failed] * 2
+    assert len(renders) == 1 and unsaved.kept_keys() == [f"details/{job_work.plan_job(job, 'float32').detail_key}"]
+
+    blocker.unlink()
+    resumed = resume_batch(report["batch_id"], model=model)
+    assert resumed["status"] == "done" and len(renders) == 1 and unsaved.kept_keys() == []
+    [output] = resumed["outputs"]
+    assert read_video(output["uri"].removeprefix("file://")).shape == (5, 64, 128, 3)
+
+
+def test_only_the_newest_unsaved_results_are_kept_and_a_dropped_video_leaves_no_file(tmp_path):
+    def put_failing(_value):
+        raise StorageError("the store is down")
+
+    folders = []
+    for i in range(unsaved.KEEP + 1):  # three videos whose puts fail: the oldest is dropped, with its folder
+        folders.append(tmp_path / f"encoded{i}")
+        folders[-1].mkdir()
+        (folders[-1] / "v.mp4").write_bytes(b"an encoded video")
+        with pytest.raises(StorageError):
+            unsaved.store_once(f"videos/{i}", lambda video=folders[-1] / "v.mp4": video, put_failing)
+    assert unsaved.kept_keys() == ["videos/1", "videos/2"]
+    assert [folder.exists() for folder in folders] == [False, True, True]
+
+    computed, put = [], []
+    for i in (2, 1):  # the store is back: each kept video is put, not computed again, then let go
+        assert unsaved.store_once(f"videos/{i}", lambda: computed.append(i), lambda path: put.append(path) or i) == i
+    assert computed == [] and put == [folders[2] / "v.mp4", folders[1] / "v.mp4"]
+    assert unsaved.kept_keys() == [] and not any(folder.exists() for folder in folders)
 
 @pytest.mark.postgres
 def test_two_render_worker_processes_render_every_job_exactly_once(env, model, tmp_path):
