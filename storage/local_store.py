@@ -4,7 +4,8 @@ Each object is a plain file at ``<root>/<key>`` (so its ``file://`` URI is direc
 with a JSON sidecar ``<root>/.meta/<key>.json`` holding its SHA-256, size and metadata.
 Writes go to ``<root>/.tmp`` and are renamed into place; the sidecar/data pair is committed
 under a striped ``flock`` (``<root>/.locks``) so readers and other processes never see a
-half-committed pair. POSIX only.
+half-committed pair. Temporary files of a put that was killed are removed when the store is next
+opened a day later. POSIX only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -40,6 +43,11 @@ _META_DIR = ".meta"
 _TMP_DIR = ".tmp"
 _LOCK_DIR = ".locks"
 _LOCK_STRIPES = 256
+# A put writes its temporary file without pause and renames it at once; one untouched for a day was left by a
+# process that was killed mid-put (kill -9, the OOM killer, a lost machine), and goes.
+STALE_TEMP_SECONDS = 24 * 3600
+
+log = logging.getLogger(__name__)
 
 
 class LocalStore(ObjectStore):
@@ -54,6 +62,20 @@ class LocalStore(ObjectStore):
             raise StoreConfigError(f"cannot use {self.root} as an object store: {err.strerror or err}") from None
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreConfigError(f"object store directory is not writable: {self.root}")
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """Delete the temporary files of puts killed before they finished (untouched for STALE_TEMP_SECONDS)."""
+        cutoff, removed = time.time() - STALE_TEMP_SECONDS, 0
+        for path in (self.root / _TMP_DIR).iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process opening the store removed it first
+                pass
+        if removed:
+            log.info("removed %d temporary file(s) of unfinished puts from %s", removed, self.root / _TMP_DIR)
 
     def put_bytes(
         self, key: str, data: bytes, *, create_only: bool = False, metadata: Mapping[str, str] | None = None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -20,7 +23,7 @@ from storage import (
     StoreConfigError,
     open_store,
 )
-from storage.local_store import LocalStore
+from storage.local_store import STALE_TEMP_SECONDS, LocalStore
 
 
 @pytest.fixture
@@ -131,6 +134,39 @@ def test_a_put_killed_between_its_renames_is_repaired_by_the_create_only_retry(s
 
     assert retried.size == 12 and store.get_bytes("k") == b"new content!"
 
+
+
+def test_the_temporary_file_of_a_put_killed_with_sigkill_goes_when_the_store_is_next_opened_a_day_later(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    """A real process, killed with SIGKILL while its put copies from a pipe, leaves its temporary file in .tmp."""
+    source = tmp_path / "source"
+    os.mkfifo(source)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from storage.local_store import LocalStore; "
+         "LocalStore(Path(sys.argv[1])).put_file('videos/v.mp4', Path(sys.argv[2]))", str(store.root), str(source)],
+        cwd=Path(__file__).parents[1],
+    )
+    with open(source, "wb") as pipe:
+        pipe.write(b"the first part of a video")
+        pipe.flush()
+        deadline = time.monotonic() + 60
+        while not _internal_files(store, ".tmp"):  # the put has made its temporary file and copies into it
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    [left] = _internal_files(store, ".tmp")
+
+    LocalStore(store.root)
+    assert left.exists()  # a day has not passed: it could be a live put's
+    a_day_ago = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(left, (a_day_ago, a_day_ago))
+    live = store.root / ".tmp" / "a-live-put"
+    live.write_bytes(b"being written")
+    LocalStore(store.root)
+    assert not left.exists() and live.exists()
+    assert not store.exists("videos/v.mp4")
 
 def test_concurrent_create_only_writers_have_one_winner(store: LocalStore) -> None:
     outcomes: list[str] = []
