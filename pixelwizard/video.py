@@ -7,6 +7,7 @@ Everything runs through the ffmpeg binary bundled with the ``imageio-ffmpeg`` wh
 from __future__ import annotations
 
 import functools
+import glob
 import math
 import numbers
 import os
@@ -14,6 +15,7 @@ import re
 import secrets
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -45,6 +47,8 @@ _STDERR_SHOW_LINES = 15
 _EXIT_GRACE_S = 10.0
 # Largest CRF accepted by libx264 (8-bit) and libx265; x264 silently clamps larger values.
 _MAX_CRF = 51
+# An encoder's temporary file untouched this long was left by a process killed mid-encode (kill -9, the OOM killer).
+STALE_TEMP_SECONDS = 24 * 3600
 
 
 class VideoEncodeError(RuntimeError):
@@ -255,6 +259,17 @@ def _discard_encoder(proc: subprocess.Popen[bytes], tmp: Path) -> None:
     tmp.unlink(missing_ok=True)
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files of earlier encodes of ``path`` that were killed, once untouched for a day."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp.mp4"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except FileNotFoundError:  # another encode of the same path removed it first
+            pass
+
+
 def encode_video(
     frames: Iterable[Any],
     path: str | os.PathLike[str],
@@ -270,7 +285,8 @@ def encode_video(
     ``"h264"`` (libx264, yuv420p, CRF 18 by default) or ``"hevc10"`` (libx265, yuv420p10le,
     tagged hvc1, CRF 20 by default). The file appears atomically: ffmpeg writes a hidden temp
     file next to ``path`` that replaces ``path`` only on success. Any failure, including an
-    exception from ``frames``, raises :class:`VideoEncodeError` and leaves nothing behind.
+    exception from ``frames``, raises :class:`VideoEncodeError` and leaves nothing behind; a
+    temp file a killed process left for ``path`` goes once it is a day old.
     """
     settings, crf = _check_encode_args(fps, codec, crf)
     path = Path(path)
@@ -289,6 +305,7 @@ def encode_video(
         )
     shape = frame.shape
 
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.mp4")
     proc = _spawn_encoder(width, height, fps, settings, crf, tmp)
     stderr = _StderrTail(proc.stderr)  # type: ignore[arg-type]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +15,7 @@ import numpy as np
 import pytest
 
 from pixelwizard.video import (
+    STALE_TEMP_SECONDS,
     VideoDecodeError,
     VideoEncodeError,
     VideoInfo,
@@ -227,38 +233,58 @@ def test_read_errors(tmp_path: Path) -> None:
         probe_video(junk)
 
 
-def test_sigterm_mid_encode_leaves_no_file_and_no_encoder(tmp_path: Path) -> None:
-    """A real process gets SIGTERM while ffmpeg is mid-stream; the CLI's handler lets the cleanup run."""
-    import signal
-    import subprocess
-    import sys
-    import time
+STREAMING_CHILD = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from cli.main import exit_on_sigterm
+from pixelwizard.video import encode_video
+exit_on_sigterm()
+def frames():
+    for _ in range(3):
+        yield np.zeros((64, 64, 3), dtype=np.uint8)
+    Path(sys.argv[2]).touch()
+    time.sleep(60)
+    yield np.zeros((64, 64, 3), dtype=np.uint8)
+encode_video(frames(), Path(sys.argv[1]) / "clip.mp4", fps=8)
+"""
 
-    import psutil
 
-    marker = tmp_path / "streaming"
-    child = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "import numpy as np\n"
-        "from cli.main import exit_on_sigterm\n"
-        "from pixelwizard.video import encode_video\n"
-        "exit_on_sigterm()\n"
-        "def frames():\n"
-        "    for _ in range(3):\n"
-        "        yield np.zeros((64, 64, 3), dtype=np.uint8)\n"
-        "    Path(sys.argv[2]).touch()\n"
-        "    time.sleep(60)\n"
-        "    yield np.zeros((64, 64, 3), dtype=np.uint8)\n"
-        "encode_video(frames(), Path(sys.argv[1]) / 'clip.mp4', fps=8)\n"
-    )
-    out = tmp_path / "out"
+def _streaming_encode(out: Path, marker: Path) -> "subprocess.Popen[bytes]":
+    """A real process encoding ``out/clip.mp4``, returned once it streams and ffmpeg has opened its temp file."""
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", child, str(out), str(marker)], cwd=Path(__file__).parents[1])
+    process = subprocess.Popen([sys.executable, "-c", STREAMING_CHILD, str(out), str(marker)],
+                               cwd=Path(__file__).parents[1])
     deadline = time.monotonic() + 60
-    while not (marker.exists() and list(out.iterdir())):  # streaming, and ffmpeg has opened its temporary file
+    while not (marker.exists() and list(out.iterdir())):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
+    return process
+
+
+def test_the_temp_file_of_an_encode_killed_with_sigkill_goes_with_a_later_encode_a_day_after(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = _streaming_encode(out, tmp_path / "streaming")
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    [left] = list(out.iterdir())
+    assert left.name.startswith(".clip.mp4.") and left.name.endswith(".tmp.mp4")
+
+    encode_video(gradient_clip(3), out / "clip.mp4", fps=8)
+    assert left.exists()  # a day has not passed: it could be a live encode's
+    a_day_ago = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(left, (a_day_ago, a_day_ago))
+    encode_video(gradient_clip(3), out / "clip.mp4", fps=8)
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"]
+    assert read_video(out / "clip.mp4").shape == (3, HEIGHT, WIDTH, 3)
+
+
+def test_sigterm_mid_encode_leaves_no_file_and_no_encoder(tmp_path: Path) -> None:
+    """A real process gets SIGTERM while ffmpeg is mid-stream; the CLI's handler lets the cleanup run."""
+    import psutil
+
+    out = tmp_path / "out"
+    process = _streaming_encode(out, tmp_path / "streaming")
     encoders = psutil.Process(process.pid).children(recursive=True)
     assert encoders
     process.send_signal(signal.SIGTERM)
