@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from pixelwizard.leftovers import remove_stale
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "detail_transformer", "scheduler")
 _REVISION_FILE = "pixelwizard_revision.json"
@@ -104,12 +107,13 @@ def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
 
     A bundle already at ``destination`` is swapped out and removed after the new one is in place,
     so a failed or interrupted write never leaves half a bundle or damages the previous one;
-    anything else there is refused (``check_replaceable``).
+    anything else there is refused (``check_replaceable``). What killed writes left beside it goes once a day old.
     """
     destination = Path(destination)
     _restore_interrupted_swap(destination)
     destination = check_replaceable(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(destination.parent, f".{glob.escape(destination.name)}.*")  # staging folders of killed writes
     staging = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}")
     staging.mkdir()  # mode 0o777 less the umask, as the renamed bundle should have (mkdtemp: 0o700)
     try:

@@ -15,7 +15,6 @@ import re
 import secrets
 import subprocess
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,6 +24,8 @@ from typing import IO, Any, Literal
 import ffmpeg
 import imageio_ffmpeg
 import numpy as np
+
+from pixelwizard.leftovers import remove_stale
 
 __all__ = [
     "Codec",
@@ -47,8 +48,6 @@ _STDERR_SHOW_LINES = 15
 _EXIT_GRACE_S = 10.0
 # Largest CRF accepted by libx264 (8-bit) and libx265; x264 silently clamps larger values.
 _MAX_CRF = 51
-# An encoder's temporary file untouched this long was left by a process killed mid-encode (kill -9, the OOM killer).
-STALE_TEMP_SECONDS = 24 * 3600
 
 
 class VideoEncodeError(RuntimeError):
@@ -259,17 +258,6 @@ def _discard_encoder(proc: subprocess.Popen[bytes], tmp: Path) -> None:
     tmp.unlink(missing_ok=True)
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Delete the temporary files of earlier encodes of ``path`` that were killed, once untouched for a day."""
-    cutoff = time.time() - STALE_TEMP_SECONDS
-    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp.mp4"):
-        try:
-            if old.stat().st_mtime < cutoff:
-                old.unlink()
-        except FileNotFoundError:  # another encode of the same path removed it first
-            pass
-
-
 def encode_video(
     frames: Iterable[Any],
     path: str | os.PathLike[str],
@@ -305,7 +293,7 @@ def encode_video(
         )
     shape = frame.shape
 
-    _remove_stale_temps(path)
+    remove_stale(path.parent, f".{glob.escape(path.name)}.*.tmp.mp4")  # temporaries of killed encodes
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.mp4")
     proc = _spawn_encoder(width, height, fps, settings, crf, tmp)
     stderr = _StderrTail(proc.stderr)  # type: ignore[arg-type]

@@ -171,6 +171,44 @@ def test_a_write_killed_between_its_renames_gets_the_previous_bundle_back(tmp_pa
     assert (destination / "model_index.json").read_text() == '{"v": "next"}'
 
 
+
+def test_the_staging_folder_of_a_write_killed_with_sigkill_goes_with_a_later_write_a_day_after(tmp_path):
+    """A real process is killed with SIGKILL while it fills its staging folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pixelwizard.leftovers import STALE_SECONDS
+
+    destination, marker = tmp_path / "bundle", tmp_path / "filling"
+    child = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pixelwizard.bundle import staged_folder\n"
+        "with staged_folder(sys.argv[1]) as staging:\n"
+        "    (staging / 'model_index.json').write_text('{}')\n"
+        "    Path(sys.argv[2]).touch()\n"
+        "    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", child, str(destination), str(marker)],
+                               cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]
+
+    for age in (0, STALE_SECONDS + 60):  # a day later the next write removes it; before, it could be a live write's
+        os.utime(left, (time.time() - age, time.time() - age))
+        with staged_folder(destination) as staging:
+            (staging / "model_index.json").write_text('{"v": 1}')
+        assert left.exists() == (age == 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "filling"]
+
 def test_revision_changes_when_weights_change(bundle, tmp_path):
     import shutil
 

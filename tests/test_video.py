@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pixelwizard.leftovers import STALE_SECONDS
 from pixelwizard.video import (
-    STALE_TEMP_SECONDS,
     VideoDecodeError,
     VideoEncodeError,
     VideoInfo,
@@ -272,7 +272,7 @@ def test_the_temp_file_of_an_encode_killed_with_sigkill_goes_with_a_later_encode
 
     encode_video(gradient_clip(3), out / "clip.mp4", fps=8)
     assert left.exists()  # a day has not passed: it could be a live encode's
-    a_day_ago = time.time() - STALE_TEMP_SECONDS - 60
+    a_day_ago = time.time() - STALE_SECONDS - 60
     os.utime(left, (a_day_ago, a_day_ago))
     encode_video(gradient_clip(3), out / "clip.mp4", fps=8)
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"]
