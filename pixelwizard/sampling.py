@@ -98,6 +98,9 @@ def sample(
         raise ValueError(f"unknown solver {solver!r}; choose 'unipc' or 'euler'")
     scheduler = flow_scheduler(shift)
     scheduler.set_timesteps(num_steps, device="cpu")
+    # Step i is schedule step i: at many steps the integer timesteps repeat at the start, and a scheduler left to find
+    # its place by timestep value would begin one step late.
+    scheduler.set_begin_index(0)
     sigmas = scheduler.sigmas
     dts = step_sizes(sigmas) if shortcut else [None] * num_steps
     batch = noise.shape[0]
