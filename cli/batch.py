@@ -312,12 +312,12 @@ def resume(
     batch_id: int, workers: Workers = 1, model: Model = None, device: Device = None, out: Out = Path("out"),
     as_json: AsJson = False,
 ) -> None:
-    """Requeue failed and crashed jobs of a batch and run only what is missing."""
-    _resume(batch_id, workers, model, device, out, as_json, requeue_failed_jobs=True)
+    """Requeue failed, cancelled and crashed jobs of a batch and run only what is missing."""
+    _resume(batch_id, workers, model, device, out, as_json, requeue_stopped_jobs=True)
 
 
 def _resume(batch_id: int, workers: int, model: str | None, device: str | None, out: Path | None, as_json: bool,
-            *, requeue_failed_jobs: bool, once_checked=None) -> None:
+            *, requeue_stopped_jobs: bool, once_checked=None) -> None:
     """Check everything the run needs, call ``once_checked()`` if given (``jobs retry``: requeue its job), run."""
     _quiet_prefect()
     from flows.batch import check_batch_model, resume_batch
@@ -326,41 +326,83 @@ def _resume(batch_id: int, workers: int, model: str | None, device: str | None, 
     _check_here(out, device, lambda: check_batch_model(batch_id, model))
     if once_checked is not None:
         once_checked()
-    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_failed_jobs=requeue_failed_jobs),
+    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_stopped_jobs=requeue_stopped_jobs),
                        batch_hint=batch_id)
     _finish(report, as_json, out)
+
+
+@batch_app.command("cancel")
+def cancel(batch_id: int) -> None:
+    """Cancel every unfinished job of a batch; workers stop them within a heartbeat. `batch resume` takes them up again."""
+    from storage.jobs import cancel_jobs
+
+    _report(batch_id)  # an unknown batch is a one-line error
+    _cancel(lambda session: cancel_jobs(session, batch_id), f"batch {batch_id}")
+
+
+@jobs_app.command("cancel")
+def cancel_job(job_id: int) -> None:
+    """Cancel one unfinished job; its worker stops it within a heartbeat. `jobs retry` takes it up again."""
+    from storage.jobs import cancel_jobs
+    from storage.models import JobStatus
+
+    job = _job(job_id)
+    if job.status == JobStatus.done:
+        fail(f"job {job_id} is done; only unfinished jobs can be cancelled")
+    _cancel(lambda session: cancel_jobs(session, job.batch_id, job_id=job_id), f"job {job_id}")
+
+
+def _cancel(cancel_in, what: str) -> None:
+    from flows import resources
+
+    try:
+        with resources.database().begin() as session:
+            count = cancel_in(session)
+    except _known_errors() as exc:
+        fail(first_line(exc))
+    typer.echo(f"{what}: {count} job(s) cancelled")
+
+
+def _job(job_id: int):
+    """The job row, or a one-line error if there is none."""
+    from flows import resources
+    from storage.models import Job
+
+    try:
+        with resources.database()() as session:
+            job = session.get(Job, job_id)
+    except _known_errors() as exc:
+        fail(first_line(exc))
+    if job is None:
+        fail(f"no job {job_id}")
+    return job
 
 
 @jobs_app.command("retry")
 def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", help="Resume the batch now.")] = True,
           model: Model = None, device: Device = None) -> None:
-    """Requeue one failed job with a fresh count of attempts and, by default, run it (not the batch's other failed jobs)."""
+    """Requeue one failed or cancelled job with a fresh count of attempts and, by default, run it (not the batch's
+    other failed jobs)."""
     from flows import resources
-    from storage.jobs import requeue_failed
-    from storage.models import Job, JobStatus
+    from storage.enums import STOPPED_STATUSES
+    from storage.jobs import requeue_stopped
 
-    try:
-        with resources.database()() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                fail(f"no job {job_id}")
-            if job.status != JobStatus.failed:
-                fail(f"job {job_id} is {job.status}, only failed jobs can be retried")
-            batch_id = job.batch_id
-    except _known_errors() as exc:
-        fail(str(exc))
+    job = _job(job_id)
+    if job.status not in STOPPED_STATUSES:
+        fail(f"job {job_id} is {job.status}, only failed or cancelled jobs can be retried")
+    batch_id = job.batch_id
 
     def requeue() -> None:
         try:
             with resources.database().begin() as session:
-                if not requeue_failed(session, batch_id, job_id=job_id):
-                    fail(f"job {job_id} is no longer failed; another command took it")
+                if not requeue_stopped(session, batch_id, job_id=job_id):
+                    fail(f"job {job_id} is no longer failed or cancelled; another command took it")
         except _known_errors() as exc:
             fail(str(exc))
         typer.echo(f"job {job_id} requeued in batch {batch_id}")
 
     if run_now:  # everything the run needs is checked before the job is touched
-        _resume(batch_id, 1, model, device, Path("out"), False, requeue_failed_jobs=False, once_checked=requeue)
+        _resume(batch_id, 1, model, device, Path("out"), False, requeue_stopped_jobs=False, once_checked=requeue)
     else:
         requeue()
 

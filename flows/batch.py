@@ -236,14 +236,14 @@ def check_batch_model(batch_id: int, model: str | None) -> None:
 @flow(name="resume-batch")
 def resume_batch(
     batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1,
-    requeue_failed_jobs: bool = True,
+    requeue_stopped_jobs: bool = True,
 ) -> dict[str, Any]:
-    """Requeue failed (unless told not to) and expired jobs, then run only the stages they are missing."""
-    from storage.jobs import requeue_expired, requeue_failed
+    """Requeue failed and cancelled (unless told not to) and expired jobs, then run only the stages they are missing."""
+    from storage.jobs import requeue_expired, requeue_stopped
 
     check_batch_model(batch_id, model)
     with resources.database().begin() as session:
-        requeued = requeue_failed(session, batch_id) if requeue_failed_jobs else 0
+        requeued = requeue_stopped(session, batch_id) if requeue_stopped_jobs else 0
         requeued += requeue_expired(session, batch_id)
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)

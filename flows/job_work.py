@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.unsaved import store_once
 from pixelwizard.presets import Preset, get_preset
@@ -20,6 +20,9 @@ from pixelwizard.seeds import StageSeeds, stage_seeds
 from storage.latent_cache import LatentCache, anchor_cache_key, artifact_key
 from storage.models import ArtifactKind, Job
 from storage.object_store import StoredObject
+
+if TYPE_CHECKING:
+    from pixelwizard.pipeline import Progress
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +85,17 @@ def _record(job: Job, plan: JobPlan) -> dict[str, Any]:
             "preset": asdict(plan.preset)}
 
 
-def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> tuple[StoredObject, bool]:
-    """The job's anchor latent from the cache, or generated and stored; (object, was_generated)."""
+def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True,
+           on_progress: Progress | None = None) -> tuple[StoredObject, bool]:
+    """The job's anchor latent from the cache, or generated and stored; (object, was_generated). ``on_progress``
+    is the sampler's per-step callback (the worker's cancel check)."""
     if cache.get(ArtifactKind.anchor_latent, plan.anchor_key) is not None:  # read whole: a corrupt one is redone
         return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), False
 
     def generate():
         return pipe.generate_anchor(
             job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
-            batch_cfg=batch_cfg,
+            batch_cfg=batch_cfg, on_progress=on_progress,
         )
 
     record = {**_record(job, plan), "parameters": plan.anchor_params}
@@ -99,8 +104,10 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
     return stored, True
 
 
-def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True) -> StoredObject:
-    """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it)."""
+def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True,
+           on_progress: Progress | None = None) -> StoredObject:
+    """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it);
+    ``on_progress`` as for ``anchor``."""
     cached = cache.entry_object(ArtifactKind.detail_latent, plan.detail_key)  # a resumed job that failed later
     if cached is not None:  # (read, and redone if corrupt, by the encoding stage)
         return cached
@@ -109,11 +116,11 @@ def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
         hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
         if hit is None:
             log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
-            anchor(pipe, cache, job, plan, batch_cfg=batch_cfg)
+            anchor(pipe, cache, job, plan, batch_cfg=batch_cfg, on_progress=on_progress)
             hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
         return pipe.render_detail(
             hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
-            negative_prompt=job.negative_prompt or None, solver=SOLVER, batch_cfg=batch_cfg,
+            negative_prompt=job.negative_prompt or None, solver=SOLVER, batch_cfg=batch_cfg, on_progress=on_progress,
         )
 
     return store_once(f"details/{plan.detail_key}", render, lambda latent: cache.put(

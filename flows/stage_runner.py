@@ -74,6 +74,12 @@ class LeaseKeeper:
             except Exception as exc:  # a database blip: keep trying until the lease runs out
                 log.warning("heartbeat for job %s failed: %s", job_id, one_line(exc))
 
+    def check(self) -> None:
+        """Raise StaleJobError once the lease is lost (the job was cancelled, or expired and went to another worker):
+        work that calls this between its steps stops instead of finishing for nothing."""
+        if self.lost:
+            raise StaleJobError(f"job {self._args[1]}: lease lost (the job was cancelled or taken over)")
+
     def __enter__(self) -> "LeaseKeeper":
         self._thread.start()
         return self
@@ -88,7 +94,7 @@ def run_stage(
     job_id: int,
     worker: str,
     stage: JobStatus,
-    work: Callable[[Job], StoredObject],
+    work: Callable[[Job, Callable[[], None]], StoredObject],
     *,
     lease_seconds: float,
     heartbeat_seconds: float,
@@ -99,7 +105,9 @@ def run_stage(
     The lease is released afterwards (so any worker can take the next stage) unless
     ``keep_lease``, for a worker that goes straight on to the next stage itself.
     Re-entrant: a job already in ``stage`` under this worker's lease (a task retry) restarts
-    the stage. Exceptions from ``work`` propagate after the attempt is recorded as failed.
+    the stage. ``work(job, check)`` should call ``check()`` between its steps: it raises once the lease is lost.
+    Exceptions from ``work`` propagate after the attempt is recorded as failed (unless a cancel or an expiry
+    closed it first).
     """
     _, after, kind = STAGES[stage]
     with factory.begin() as session:
@@ -109,12 +117,14 @@ def run_stage(
         attempt = start_attempt(session, job, stage, worker)
     try:
         with LeaseKeeper(factory, job_id, worker, lease_seconds, heartbeat_seconds) as keeper:
-            stored = work(job)
-        if keeper.lost:
-            raise StaleJobError(f"job {job_id}: lease lost during {stage}")
+            stored = work(job, keeper.check)
+        keeper.check()
     except BaseException as exc:
-        with factory.begin() as session:
-            finish_attempt(session, attempt, AttemptOutcome.failed, error=one_line(exc))
+        try:
+            with factory.begin() as session:
+                finish_attempt(session, attempt, AttemptOutcome.failed, error=one_line(exc))
+        except StaleJobError:  # already closed, as cancelled or crashed, by whoever took the lease
+            pass
         raise
     with factory.begin() as session:
         job = session.get(Job, job_id)

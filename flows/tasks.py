@@ -31,6 +31,11 @@ def _stage_inputs(job: Job, model: str | None, device: str | None):
     return pipe, _plan(pipe, job, model)
 
 
+def _checking(check):
+    """A sampler progress callback that stops the stage at the next step once its lease is lost (a cancel)."""
+    return lambda _stage, _done, _total: check()
+
+
 def _batch_cfg(job: Job, device: str | None) -> bool:
     from pixelwizard.devices import resolve_device
 
@@ -43,10 +48,11 @@ def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) 
     cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()
     generated = False
 
-    def work(job: Job):
+    def work(job: Job, check):
         nonlocal generated
         pipe, plan = _stage_inputs(job, model, device)
-        stored, generated = job_work.anchor(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device))
+        stored, generated = job_work.anchor(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device),
+                                            on_progress=_checking(check))
         return stored
 
     run_stage(factory, job_id, worker, JobStatus.anchoring, work,
@@ -60,11 +66,11 @@ def render_job(job_id: int, worker: str, model: str | None, device: str | None) 
     cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()
     timing = dict(lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds)
 
-    def detail(job: Job):
+    def detail(job: Job, check):
         pipe, plan = _stage_inputs(job, model, device)
-        return job_work.detail(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device))
+        return job_work.detail(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device), on_progress=_checking(check))
 
-    def video(job: Job):
+    def video(job: Job, check):
         pipe, plan = _stage_inputs(job, model, device)
         return job_work.video(pipe, cache, job, plan)
 

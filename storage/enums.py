@@ -50,6 +50,7 @@ class ArtifactKind(StrEnum):
     thumbnail = "thumbnail"
 
 
+# No worker holds a job in these (its lease is dropped); failed and cancelled jobs are taken up again only by a requeue.
 TERMINAL_STATUSES = frozenset({JobStatus.done, JobStatus.failed, JobStatus.cancelled})
 WORKING_STATUSES = frozenset({JobStatus.anchoring, JobStatus.rendering, JobStatus.encoding})
 READY_STATUSES = frozenset({JobStatus.pending, JobStatus.anchored, JobStatus.rendered})
@@ -69,10 +70,13 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     _S.rendering: frozenset({_S.rendered, _S.anchored, _S.failed, _S.cancelled}),
     _S.rendered: frozenset({_S.encoding, _S.failed, _S.cancelled}),
     _S.encoding: frozenset({_S.done, _S.rendered, _S.failed, _S.cancelled}),
-    _S.failed: frozenset({_S.pending}),
+    _S.failed: frozenset({_S.pending, _S.cancelled}),
     _S.done: frozenset(),
-    _S.cancelled: frozenset(),
+    _S.cancelled: frozenset({_S.pending}),
 }
+# What an operator's cancel may stop (``storage.jobs.cancel_jobs``), and what a requeue takes up again.
+CANCELLABLE_STATUSES = frozenset(s for s, nexts in ALLOWED_TRANSITIONS.items() if _S.cancelled in nexts)
+STOPPED_STATUSES = frozenset({_S.failed, _S.cancelled})
 
 
 def is_allowed_transition(old: JobStatus, new: JobStatus) -> bool:

@@ -9,8 +9,12 @@ Allowed job status transitions (``storage.enums.ALLOWED_TRANSITIONS``); anything
     rendering -> rendered  | anchored (lease expired) | failed | cancelled
     rendered  -> encoding  | failed | cancelled
     encoding  -> done      | rendered (lease expired) | failed | cancelled
-    failed    -> pending   (requeue_failed)
-    done, cancelled: terminal
+    failed    -> pending   (requeue_stopped) | cancelled
+    cancelled -> pending   (requeue_stopped)
+    done: terminal
+
+``cancel_jobs`` (an operator's cancel) moves any unfinished job to cancelled at once, dropping its
+lease: the worker holding it finds its lease gone at its next heartbeat and stops.
 
 Leases: ``claim_next_job`` atomically gives one worker a job in a ready status (pending,
 anchored, rendered) whose lease is free or expired -- ``SELECT ... FOR UPDATE SKIP LOCKED``
@@ -44,8 +48,10 @@ from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.enums import (
+    CANCELLABLE_STATUSES,
     EXPIRED_LEASE_FALLBACK,
     READY_STATUSES,
+    STOPPED_STATUSES,
     TERMINAL_STATUSES,
     WORKING_STATUSES,
     is_allowed_transition,
@@ -330,12 +336,12 @@ def requeue_expired(session: Session, batch_id: int | None = None) -> int:
     return len(requeued)
 
 
-def requeue_failed(
+def requeue_stopped(
     session: Session, batch_id: int, *, max_attempts: int | None = None, job_id: int | None = None
 ) -> int:
-    """Move failed jobs (or the one ``job_id``) back to pending, those with fewer than ``max_attempts`` attempts
-    if given. Each starts a fresh count of attempts (its earlier ones stay on record)."""
-    conditions = [Job.batch_id == batch_id, Job.status == JobStatus.failed]
+    """Move failed and cancelled jobs (or the one ``job_id``) back to pending, those with fewer than ``max_attempts``
+    attempts if given. Each starts a fresh count of attempts (its earlier ones stay on record)."""
+    conditions = [Job.batch_id == batch_id, Job.status.in_(STOPPED_STATUSES)]
     if max_attempts is not None:
         conditions.append(Job.attempt_count < max_attempts)
     if job_id is not None:
@@ -346,6 +352,36 @@ def requeue_failed(
         .where(*conditions)
         .values(status=JobStatus.pending, lease_owner=None, lease_expires_at=None, attempt_count=0, updated_at=utcnow()),
     )
+
+
+CANCELLED_ERROR = "cancelled by the operator"
+
+
+def cancel_jobs(session: Session, batch_id: int, *, job_id: int | None = None) -> int:
+    """Cancel the batch's unfinished jobs (or the one ``job_id``): no worker claims them again, the worker holding
+    one loses its lease, and their running attempts end failed with ``CANCELLED_ERROR``. Done jobs stay done.
+
+    Jobs first, then their attempts: the lock order of every other writer (see ``requeue_expired``).
+    """
+    now = utcnow()
+    conditions = [Job.batch_id == batch_id, Job.status.in_(CANCELLABLE_STATUSES)]
+    if job_id is not None:
+        conditions.append(Job.id == job_id)
+    cancel = (
+        update(Job).where(*conditions)
+        .values(status=JobStatus.cancelled, lease_owner=None, lease_expires_at=None, last_error=CANCELLED_ERROR,
+                updated_at=now)
+        .returning(Job.id)
+    )
+    cancelled = list(session.execute(cancel, execution_options={"synchronize_session": False}).scalars())
+    for chunk in _chunks(cancelled):
+        _run_update(
+            session,
+            update(Attempt)
+            .where(Attempt.job_id.in_(chunk), Attempt.outcome == AttemptOutcome.running)
+            .values(outcome=AttemptOutcome.failed, finished_at=now, error=CANCELLED_ERROR),
+        )
+    return len(cancelled)
 
 
 def start_attempt(session: Session, job: Job, stage: JobStatus, worker: str) -> Attempt:

@@ -19,8 +19,10 @@ from storage.enums import ALLOWED_TRANSITIONS, EXPIRED_LEASE_FALLBACK, is_allowe
 from storage.jobs import (
     BatchSummary,
     JobSpec,
+    CANCELLED_ERROR,
     add_jobs,
     batch_summary,
+    cancel_jobs,
     claim_next_job,
     create_batch,
     ensure_batch,
@@ -30,7 +32,7 @@ from storage.jobs import (
     refresh_batch,
     release,
     requeue_expired,
-    requeue_failed,
+    requeue_stopped,
     start_attempt,
     transition,
 )
@@ -67,6 +69,7 @@ def test_transition_table_is_the_documented_one() -> None:
     expected = set(itertools.pairwise(forward))
     expected |= {(s, end) for s in forward[:-1] for end in (S.failed, S.cancelled)}
     expected |= {(S.failed, S.pending), (S.anchoring, S.pending), (S.rendering, S.anchored), (S.encoding, S.rendered)}
+    expected |= {(S.failed, S.cancelled), (S.cancelled, S.pending)}  # an operator's cancel, and a requeue
 
     actual = {(a, b) for a, targets in ALLOWED_TRANSITIONS.items() for b in targets}
 
@@ -169,7 +172,7 @@ def test_happy_path_records_attempts_artifacts_and_finishes_batch(factory: sessi
         ([], S.rendering),
         ([S.anchoring], S.rendering),
         ([S.anchoring, S.anchored], S.anchoring),
-        ([S.cancelled], S.pending),
+        ([S.cancelled], S.anchoring),
         ([S.failed], S.anchoring),
     ],
 )
@@ -260,7 +263,7 @@ def test_requeue_expired_steps_back_one_stage(
     assert (requeued.status, requeued.lease_owner, requeued.lease_expires_at) == (fallback, None, None)
 
 
-def test_requeue_failed_respects_max_attempts(factory: sessionmaker[Session]) -> None:
+def test_requeue_stopped_respects_max_attempts(factory: sessionmaker[Session]) -> None:
     batch_id, job_ids = _batch_with_jobs(factory, 2)
     for job_id, attempts in zip(job_ids, (1, 3), strict=True):
         job = _job(factory, job_id)
@@ -272,11 +275,48 @@ def test_requeue_failed_respects_max_attempts(factory: sessionmaker[Session]) ->
             transition(session, job, S.failed, error="CUDA out of memory")
 
     with factory.begin() as session:
-        assert requeue_failed(session, batch_id, max_attempts=3) == 1
+        assert requeue_stopped(session, batch_id, max_attempts=3) == 1
         assert refresh_batch(session, batch_id).status == BatchStatus.running  # work remains
     assert [_job(factory, i).status for i in job_ids] == [S.pending, S.failed]
     assert _job(factory, job_ids[0]).last_error == "CUDA out of memory"
 
+
+
+def test_cancel_stops_every_unfinished_job_and_a_requeue_takes_them_up_again(factory: sessionmaker[Session]) -> None:
+    batch_id, (done, working, failed, waiting) = _batch_with_jobs(factory, 4)
+    with factory.begin() as session:
+        job = _job(factory, done)
+        for status in (S.anchoring, S.anchored, S.rendering, S.rendered, S.encoding, S.done):
+            transition(session, job, status)
+        job = _job(factory, failed)
+        transition(session, job, S.failed, error="CUDA out of memory")
+    held = claim_next_job(factory, batch_id, "worker-a", lease_seconds=60, from_statuses=[S.pending])
+    assert held is not None and held.id == working
+    with factory.begin() as session:
+        transition(session, held, S.anchoring, worker="worker-a")
+        running = start_attempt(session, held, S.anchoring, "worker-a")
+
+    with factory.begin() as session:
+        assert cancel_jobs(session, batch_id) == 3
+        assert refresh_batch(session, batch_id).status == BatchStatus.partial
+    cancelled = {i: _job(factory, i) for i in (working, failed, waiting)}
+    assert _job(factory, done).status == S.done
+    assert {(j.status, j.lease_owner, j.last_error) for j in cancelled.values()} == {(S.cancelled, None, CANCELLED_ERROR)}
+    with factory() as session:
+        attempt = session.get(Attempt, running.id)
+        assert (attempt.outcome, attempt.error) == (AttemptOutcome.failed, CANCELLED_ERROR)
+    with factory.begin() as session, pytest.raises(StaleJobError):  # the worker finds out at its next heartbeat
+        heartbeat(session, held, "worker-a", 60)
+    assert claim_next_job(factory, batch_id, "worker-b", lease_seconds=60) is None
+
+    with factory.begin() as session:
+        assert requeue_stopped(session, batch_id) == 3
+    assert {(_job(factory, i).status, _job(factory, i).attempt_count) for i in cancelled} == {(S.pending, 0)}
+    with factory.begin() as session:  # one job alone
+        assert cancel_jobs(session, batch_id, job_id=waiting) == 1
+        assert cancel_jobs(session, batch_id, job_id=done) == 0
+    assert [_job(factory, i).status for i in (done, working, failed, waiting)] == [S.done, S.pending, S.pending,
+                                                                                    S.cancelled]
 
 def test_release_hands_the_job_back(factory: sessionmaker[Session]) -> None:
     batch_id, [job_id] = _batch_with_jobs(factory, 1)

@@ -294,6 +294,7 @@ def test_only_the_newest_unsaved_results_are_kept_and_a_dropped_video_leaves_no_
     assert computed == [] and put == [folders[2] / "v.mp4", folders[1] / "v.mp4"]
     assert unsaved.kept_keys() == [] and not any(folder.exists() for folder in folders)
 
+
 @pytest.mark.postgres
 def test_two_render_worker_processes_render_every_job_exactly_once(env, model, tmp_path):
     source = write_prompts(tmp_path / "p.txt")
@@ -381,6 +382,54 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert sorted(renders) == sorted([j.id for j in jobs_of(batch_id)] + [crashed_job] * (crashed_stage == JobStatus.rendering))
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
+
+def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_batch_up_again(env, model, tmp_path):
+    out = tmp_path / "out"
+    # Enough detail steps that the render stage lasts many heartbeats (1.25 s with the 5-s lease here).
+    process = run_cli(env, "batch", "run", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "--model", model,
+                      "--out", str(out), "--set", "num_frames=9", "--set", "anchor_steps=3", "--set", "detail_steps=400")
+    deadline, rendering = time.monotonic() + 240, None
+    while rendering is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            with resources.database()() as session:
+                rendering = session.scalars(select(Attempt).where(
+                    Attempt.stage == JobStatus.rendering, Attempt.outcome == AttemptOutcome.running)).first()
+        except Exception:  # the database is created by the child; it may not exist yet
+            pass
+    assert rendering is not None, "no render started"
+    [victim] = [j for j in jobs_of(1) if j.id == rendering.job_id]
+
+    cancel = subprocess.run([sys.executable, "-m", "cli", "batch", "cancel", str(victim.batch_id)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert cancel.returncode == 0 and cancel.stdout.strip() == f"batch {victim.batch_id}: 2 job(s) cancelled", cancel
+
+    output, _ = process.communicate(timeout=120)  # the run ends by itself, reporting the batch cancelled
+    assert process.returncode == 1 and f"batch {victim.batch_id} cancelled: 2 cancelled" in output, output
+    assert "Traceback" not in output
+    with resources.database()() as session:
+        attempt = session.get(Attempt, rendering.id)
+    assert (attempt.outcome, attempt.error) == (AttemptOutcome.failed, "cancelled by the operator")
+    assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.cancelled] * 2
+    detail_key = job_work.plan_job(victim, "float32").detail_key
+    assert resources.cache().entry_object(ArtifactKind.detail_latent, detail_key) is None  # stopped mid-sampling
+
+    resumed = run_cli(env, "batch", "resume", str(victim.batch_id), "--model", model, "--out", str(out), "--json")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    report = json.loads(output[output.index("{"):])
+    assert report["status"] == "done" and report["anchors"] == {"generated": 0, "cached": 2}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(victim.batch_id))
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    for args, message in ((["jobs", "cancel", str(victim.id)], f"job {victim.id} is done"),
+                          (["jobs", "cancel", "999"], "no job 999"), (["batch", "cancel", "999"], "no batch 999")):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+    assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.done] * 2
 
 @pytest.mark.parametrize(
     ("args", "message"),
