@@ -25,9 +25,9 @@ def convert(
     if dtype not in ("bf16", "fp32", "keep"):
         fail(f"unknown dtype {dtype!r}; choose bf16, fp32 or keep")
     if not base.is_dir():
-        fail(f"base folder {base} does not exist")
+        fail(f"base folder {base} " + ("is not a folder" if base.exists() else "does not exist"))
     if detail is not None and not detail.is_file():
-        fail(f"release checkpoint {detail} does not exist")
+        fail(f"release checkpoint {detail} " + ("is not a file" if detail.exists() else "does not exist"))
     if out.exists():
         fail(f"{out} already exists")
 

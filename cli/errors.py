@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,9 +24,17 @@ def first_line(exc: BaseException) -> str:
 
 
 def check_out_folder(out: Path) -> None:
-    """An ``--out`` that must be a folder: a file there is a one-line error before any work."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a folder")
+    """An ``--out`` that must be a folder, or one that can be made: anything else is a one-line error before any
+    work, and nothing is created here (the command makes the folder only once it has something to put there)."""
+    if out.exists():
+        if not out.is_dir():
+            fail(f"--out {out} exists and is not a folder")
+        return
+    ancestor = next(parent for parent in out.absolute().parents if parent.exists())
+    if not ancestor.is_dir():
+        fail(f"--out {out} cannot be made: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        fail(f"--out {out} cannot be made: {ancestor} is not writable")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

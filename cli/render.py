@@ -86,7 +86,7 @@ def render(
         return
 
     quiet_libraries()
-    from pixelwizard.bundle import load_bundle
+    from pixelwizard.bundle import ModelFolderError, load_bundle
     from pixelwizard.default_model import default_model_path
     from pixelwizard.video import encode_video
 
@@ -94,13 +94,13 @@ def render(
 
     dtype = torch.bfloat16 if target.startswith("cuda") else torch.float32
     try:
+        pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
+    except ModelFolderError as exc:
+        fail(str(exc))
+    try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"--out {out}: {exc.strerror or exc}")
-    try:
-        pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
-    except (OSError, ValueError) as exc:  # a config or weights file that cannot be read, or weights of another shape
-        fail(f"model folder {bundle or default_model_path()} cannot be loaded: {first_line(exc)}")
     pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
     failures = 0
     with StageProgress() as progress:

@@ -306,6 +306,12 @@ def encode_command(
         fail(f"max seconds must be > 0, got {max_seconds}")
     if out.is_dir():
         fail(f"--out {out} is a folder; a latent cache is one file")
+    from pixelwizard.training.latents import LatentCache
+
+    try:
+        LatentCache.check_replaceable(out)
+    except ValueError as exc:
+        fail(f"--out: {exc}")
     target = _setup(device)
     source = _dataset(data, chosen.num_frames, chosen.detail_width, chosen.detail_height, clips, seed)
     pipe = _open(model, target, seed)

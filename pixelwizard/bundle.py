@@ -26,7 +26,7 @@ def check_bundle(path: str | os.PathLike) -> Path:
     """Raise ModelFolderError naming what is missing, else return the folder as a Path."""
     root = Path(path)
     if not root.is_dir():
-        raise ModelFolderError(f"model folder {root} does not exist")
+        raise ModelFolderError(f"model folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
     index = root / "model_index.json"
     if not index.is_file():
         raise ModelFolderError(f"model folder {root} has no model_index.json")
@@ -151,5 +151,14 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu", dtype=None):
     root = check_bundle(path)
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    pipe = PixelWizardPipeline.from_pretrained(root, dtype=dtype, local_files_only=True)
+    try:
+        pipe = PixelWizardPipeline.from_pretrained(root, dtype=dtype, local_files_only=True)
+    except Exception as exc:  # unreadable configs or weights, or weights that do not fit a config: all say "damaged"
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise ModelFolderError(f"model folder {root} cannot be loaded: {lines[0]}") from exc
+    unfilled = [f"{name}/{param}" for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)
+                for param, tensor in part.named_parameters() if tensor.is_meta]
+    if unfilled:  # a config asking for more weights than its files hold (diffusers leaves those unallocated)
+        raise ModelFolderError(f"model folder {root} cannot be loaded: its weights lack {len(unfilled)} tensor(s) "
+                               f"that its configs ask for, {unfilled[0]} first")
     return pipe.to(device)

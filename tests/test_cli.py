@@ -122,7 +122,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, incomple
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -163,28 +163,43 @@ def broken_bundle(tmp_path):
         ("index", "not a JSON object"),
         ("config", "transformer/ has no config"),
         ("weights", "cannot be loaded"),
+        ("empty weights", "cannot be loaded: Error while deserializing header"),
+        ("config that the weights do not fit", "cannot be loaded"),
+        ("a file", "is not a folder"),
     ],
 )
 def test_a_damaged_model_folder_is_one_line_exit_2(env, tmp_path, broken_bundle, damage, message):
+    import json
+    import shutil
+
+    model = broken_bundle
     if damage == "index":
         (broken_bundle / "model_index.json").write_text("5")
     elif damage == "config":
         (broken_bundle / "transformer" / "config.json").unlink()
-    else:
+    elif damage == "weights":
         weights = broken_bundle / "vae" / "diffusion_pytorch_model.safetensors"
         weights.write_bytes(weights.read_bytes()[:5000])
+    elif damage == "empty weights":
+        (broken_bundle / "text_encoder" / "model.safetensors").write_bytes(b"")
+    elif damage == "config that the weights do not fit":
+        config = broken_bundle / "transformer" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "num_layers": 9}))
+    else:
+        shutil.rmtree(broken_bundle)
+        model.write_text("not a bundle")
     out = tmp_path / "out"
-    result = run(env, "render", "x", "--model", str(broken_bundle), "--out", str(out))
+    result = run(env, "render", "x", "--model", str(model), "--out", str(out))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # made only once the model has loaded
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["render", "--prompts", "{dir}/prompts[v2].txt"], "prompts[v2].txt: no such file"),
-        (["render", "x", "--out", "{dir}/a-file/sub"], "Not a directory"),
+        (["render", "x", "--out", "{dir}/a-file/sub"], "a-file is not a folder"),
     ],
 )
 def test_errors_name_paths_as_given(env, tmp_path, args, message):

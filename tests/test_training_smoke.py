@@ -214,6 +214,7 @@ def test_train_command_writes_a_bundle_and_a_report(bundle_and_cache, tmp_path):
         (["detail", "--latents", "{cache}", "--dt-levels", "1100"], "dt levels must be at most 12"),
         (["detail", "--latents", "{cache}", "--dt-grid", "fixed", "--sc-starts", "30"], "the dt candidate set is empty"),
         (["detail", "--latents", "{garbage}"], "is not a readable latent cache"),
+        (["detail", "--latents", "{hi}"], "is not a readable latent cache"),  # unpickling "hi" raises KeyError
         (["encode", "--max-seconds", "-5"], "max seconds must be > 0"),
         (["encode", "--data", "{missing}"], "does not exist"),
         (["encode", "--data", "{bad}"], "captions.jsonl:2:"),
@@ -233,22 +234,41 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(bundle_and_cache
     good = tmp_path / "good.jsonl"
     good.write_text('{"video": "a.mp4", "caption": "x"}\n')
     if args[0] == "encode":  # the previous output is a latent cache file
-        out = tmp_path / "cache.pt"
-        out.write_text("previous cache")
-        previous = out
+        out = previous = Path(shutil.copy(cache_file, tmp_path / "cache.pt"))
     else:  # a bundle, with a file of ours inside that a replacement would drop
         out = shutil.copytree(bundle, tmp_path / "out")
         previous = out / "keep.txt"
         previous.write_text("previous checkpoint")
-    before = previous.read_text()
-    garbage = tmp_path / "garbage.pt"
+    before = previous.read_bytes()
+    garbage, hi = tmp_path / "garbage.pt", tmp_path / "hi.pt"
     garbage.write_text("garbage")
-    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad, good=good, garbage=garbage)
+    hi.write_text("hi\n")
+    fill = dict(missing=tmp_path / "missing.jsonl", cache=cache_file, bad=bad, good=good, garbage=garbage, hi=hi)
     args = [a.format(**fill) for a in args]
     result = invoke(*args, "--model", bundle, "--out", out, "--device", "cpu")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
-    assert previous.read_text() == before
+    assert previous.read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["weights of the model", "captions", "a note"])
+def test_encode_replaces_only_a_latent_cache(bundle_and_cache, tmp_path, target):
+    """encode's --out may be an earlier cache (test_bad_input_... writes over one), never any other file: not the
+    weights of the very bundle it reads, not its own captions file."""
+    import shutil
+
+    bundle = Path(shutil.copytree(bundle_and_cache[0], tmp_path / "model"))
+    captions, note = tmp_path / "captions.jsonl", tmp_path / "note.txt"
+    captions.write_text('{"video": "a.mp4", "caption": "x"}\n')
+    note.write_text("mine")
+    out = {"weights of the model": bundle / "vae" / "diffusion_pytorch_model.safetensors", "captions": captions,
+           "a note": note}[target]
+    before = out.read_bytes()
+    result = invoke("encode", "--model", bundle, "--out", out, "--clips", "2", "--device", "cpu")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines == [f"error: --out: {out} exists and is not a latent cache; refusing to "
+                                               "replace it"], result.output
+    assert out.read_bytes() == before
 
 
 @pytest.mark.parametrize(

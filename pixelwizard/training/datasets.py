@@ -154,7 +154,7 @@ class RealClips:
                 raise DatasetError(f'{where}: "caption" must be a non-empty string')
             video = self.path.parent / record["video"]
             if not video.is_file():
-                raise DatasetError(f"{where}: video {video} does not exist")
+                raise DatasetError(f"{where}: video {video} " + ("is not a file" if video.exists() else "does not exist"))
             items.append((video, caption.strip()))
         self._check_videos([(number, item) for number, item in enumerate(items, start=1) if item is not None])
         return items

@@ -8,7 +8,6 @@ at training time by the bundle being trained (``pixelwizard.training.captions``)
 from __future__ import annotations
 
 import os
-import pickle
 import time
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -100,15 +99,31 @@ class LatentCache:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentCache":
         """Read a cache; an unreadable file or one written with other fields (an older version) is a ``ValueError``."""
+        return cls(**_read_fields(path, mmap=False))
+
+    @classmethod
+    def check_replaceable(cls, path: str | os.PathLike) -> None:
+        """A ``ValueError`` unless a cache may be written at ``path``: nothing there yet, or a latent cache (its
+        tensors mapped, not read), so that writing a cache never replaces any other file."""
+        if not os.path.lexists(path):
+            return
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ValueError(f"{path} is not a readable latent cache ({reason})") from None
-        required = {f.name for f in fields(cls) if f.default is MISSING}
-        if not isinstance(stored, dict) or not required <= set(stored) <= {f.name for f in fields(cls)}:
-            raise ValueError(f"{path} is not a latent cache of this version; make it again with 'pixelwizard train encode'")
-        return cls(**stored)
+            _read_fields(path, mmap=True)
+        except ValueError:
+            raise ValueError(f"{path} exists and is not a latent cache; refusing to replace it") from None
+
+
+def _read_fields(path: str | os.PathLike, *, mmap: bool) -> dict:
+    """A cache file's fields; a ``ValueError`` for a file that is not a cache of this version."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # unpickling arbitrary bytes fails in many ways (KeyError, UnpicklingError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a readable latent cache ({reason})") from None
+    required = {f.name for f in fields(LatentCache) if f.default is MISSING}
+    if not isinstance(stored, dict) or not required <= set(stored) <= {f.name for f in fields(LatentCache)}:
+        raise ValueError(f"{path} is not a latent cache of this version; make it again with 'pixelwizard train encode'")
+    return stored
 
 
 @torch.no_grad()
