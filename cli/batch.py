@@ -113,24 +113,31 @@ def _watch(stop: threading.Event, batch_id: int | None) -> None:
                             description=working or "")
 
 
-def _export(report: dict[str, Any], out: Path) -> None:
-    """Copy the batch's finished videos to ``out/<prompt id>.mp4`` (verified, atomic)."""
+def _export(report: dict[str, Any], out: Path) -> list[str]:
+    """Copy the batch's finished videos to ``out/<prompt id>.mp4``, each verified and renamed into place; one line
+    for each that could not be (a corrupt one is quarantined, and ``batch resume`` encodes it again)."""
     from flows import resources
+    from flows.summary import video_cache_key
 
     out.mkdir(parents=True, exist_ok=True)
-    store = resources.cache().store
+    cache = resources.cache()
+    problems = []
     for item in report["outputs"]:
-        key = item["uri"].rsplit("/videos/", 1)[-1]
-        store.get_file(f"videos/{key}", out / f"{item['prompt_id']}.mp4")
+        try:
+            if cache.get_video(video_cache_key(item["uri"]), out / f"{item['prompt_id']}.mp4") is None:
+                problems.append(f"the video of {item['prompt_id']} is missing or failed its check (quarantined); "
+                                f"'pixelwizard batch resume {report['batch_id']}' encodes it again")
+        except _known_errors() as exc:
+            problems.append(f"{item['prompt_id']}: {first_line(exc)}")
+    return problems
 
 
 def _finish(report: dict[str, Any], as_json: bool, out: Path | None) -> None:
     _print_report(report, as_json)
     if out is not None:
-        try:
-            _export(report, out)
-        except _known_errors() as exc:
-            fail(f"cannot copy the videos to {out}: {first_line(exc)}", EXIT_FAILURE)
+        problems = _export(report, out)
+        if problems:
+            fail(f"{len(problems)} of {len(report['outputs'])} video(s) not copied to {out}: {problems[0]}", EXIT_FAILURE)
     status = report["status"]
     raise typer.Exit(EXIT_OK if status == "done" else EXIT_PARTIAL if status == "partial" else EXIT_FAILURE)
 

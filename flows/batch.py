@@ -238,17 +238,32 @@ def resume_batch(
     batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1,
     requeue_stopped_jobs: bool = True,
 ) -> dict[str, Any]:
-    """Requeue failed and cancelled (unless told not to) and expired jobs, then run only the stages they are missing."""
-    from storage.jobs import requeue_expired, requeue_stopped
+    """Requeue failed and cancelled (unless told not to) and expired jobs, and done ones whose video is gone from the
+    store, then run only the stages they are missing."""
+    from storage.jobs import requeue_expired, requeue_lost_videos, requeue_stopped
 
     check_batch_model(batch_id, model)
     with resources.database().begin() as session:
         requeued = requeue_stopped(session, batch_id) if requeue_stopped_jobs else 0
         requeued += requeue_expired(session, batch_id)
+        requeued += requeue_lost_videos(session, batch_id, _jobs_without_their_video(session, batch_id))
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)
     _fan_out(batch_id, workers, gpus, model, device)
     return _summary(batch_id, anchor_counts)
+
+
+def _jobs_without_their_video(session, batch_id: int) -> list[int]:
+    """Done jobs of the batch whose recorded video is no longer in the store (an export quarantined it as corrupt)."""
+    from flows.summary import video_cache_key
+    from storage.models import Artifact, ArtifactKind
+
+    cache = resources.cache()
+    rows = session.execute(
+        select(Job.id, Artifact.uri).join(Artifact, Artifact.job_id == Job.id)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.done, Artifact.kind == ArtifactKind.video)
+    ).all()
+    return [job_id for job_id, uri in rows if cache.entry_object(ArtifactKind.video, video_cache_key(uri)) is None]
 
 
 def _summary(batch_id: int, anchor_counts: dict[str, int]) -> dict[str, Any]:

@@ -131,9 +131,10 @@ def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
     """The MP4 from the cache, or decoded from the cached detail latent (re-rendered if it was lost) and stored."""
     from pixelwizard.video import encode_video
 
-    cached = cache.entry_object(ArtifactKind.video, plan.video_key)  # a job that failed after its video was stored
-    if cached is not None:
-        return cached
+    if cache.entry_object(ArtifactKind.video, plan.video_key) is not None:  # stored by an earlier try or batch:
+        with tempfile.TemporaryDirectory(prefix="pixelwizard-video-") as tmp:  # reused only once it verifies
+            if cache.get_video(plan.video_key, Path(tmp) / "check.mp4") is not None:  # (else quarantined: encoded again)
+                return cache.payload_object(ArtifactKind.video, plan.video_key)
 
     def encode() -> Path:
         hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)

@@ -11,6 +11,11 @@ from storage.jobs import batch_summary, refresh_batch
 from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Job, JobStatus
 
 
+def video_cache_key(uri: str) -> str:
+    """The latent-cache key of a stored video from its URI (``.../videos/<key>.mp4``, local or S3)."""
+    return uri.rsplit("/videos/", 1)[-1].removesuffix(".mp4")
+
+
 def batch_report(session: Session, batch_id: int) -> dict[str, Any]:
     """Everything an operator reads in the morning, as plain JSON-able values."""
     batch = refresh_batch(session, batch_id)

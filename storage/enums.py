@@ -71,7 +71,7 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     _S.rendered: frozenset({_S.encoding, _S.failed, _S.cancelled}),
     _S.encoding: frozenset({_S.done, _S.rendered, _S.failed, _S.cancelled}),
     _S.failed: frozenset({_S.pending, _S.cancelled}),
-    _S.done: frozenset(),
+    _S.done: frozenset({_S.rendered}),  # its video was lost from the store (quarantined as corrupt): encode again
     _S.cancelled: frozenset({_S.pending}),
 }
 # What an operator's cancel may stop (``storage.jobs.cancel_jobs``), and what a requeue takes up again.

@@ -11,7 +11,7 @@ Allowed job status transitions (``storage.enums.ALLOWED_TRANSITIONS``); anything
     encoding  -> done      | rendered (lease expired) | failed | cancelled
     failed    -> pending   (requeue_stopped) | cancelled
     cancelled -> pending   (requeue_stopped)
-    done: terminal
+    done      -> rendered  (requeue_lost_videos: its video is gone from the store)
 
 ``cancel_jobs`` (an operator's cancel) moves any unfinished job to cancelled at once, dropping its
 lease: the worker holding it finds its lease gone at its next heartbeat and stops.
@@ -352,6 +352,19 @@ def requeue_stopped(
         .where(*conditions)
         .values(status=JobStatus.pending, lease_owner=None, lease_expires_at=None, attempt_count=0, updated_at=utcnow()),
     )
+
+
+def requeue_lost_videos(session: Session, batch_id: int, job_ids: Sequence[int]) -> int:
+    """Send done jobs whose video is gone from the store (quarantined as corrupt, or deleted) back to rendered,
+    so that a worker encodes their video again from the cached detail latent."""
+    requeued = 0
+    for chunk in _chunks(sorted(job_ids)):
+        requeued += _run_update(
+            session,
+            update(Job).where(Job.batch_id == batch_id, Job.id.in_(chunk), Job.status == JobStatus.done)
+            .values(status=JobStatus.rendered, last_error="its video was lost from the store", updated_at=utcnow()),
+        )
+    return requeued
 
 
 CANCELLED_ERROR = "cancelled by the operator"

@@ -70,6 +70,7 @@ def test_transition_table_is_the_documented_one() -> None:
     expected |= {(s, end) for s in forward[:-1] for end in (S.failed, S.cancelled)}
     expected |= {(S.failed, S.pending), (S.anchoring, S.pending), (S.rendering, S.anchored), (S.encoding, S.rendered)}
     expected |= {(S.failed, S.cancelled), (S.cancelled, S.pending)}  # an operator's cancel, and a requeue
+    expected |= {(S.done, S.rendered)}  # its video was lost from the store
 
     actual = {(a, b) for a, targets in ALLOWED_TRANSITIONS.items() for b in targets}
 

@@ -431,6 +431,50 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.done] * 2
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_cached_video_is_never_reused_or_exported_and_resume_encodes_it_again(env, model, tmp_path,
+                                                                                       monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    store = resources.cache().store
+    first = nightly_batch(str(write_prompts(tmp_path / "a.txt", PROMPTS[:1])), "tiny", model=model, overrides=SMALL)
+    [video] = [Path(o["uri"].removeprefix("file://")) for o in first["outputs"]]
+    _flip_a_byte(video)
+
+    # A second batch sharing the prompt finds the stored video corrupt: quarantined, and encoded again.
+    second = nightly_batch(str(write_prompts(tmp_path / "b.txt", PROMPTS[:2])), "tiny", model=model, overrides=SMALL)
+    assert second["status"] == "done" and second["anchors"] == {"generated": 1, "cached": 1}
+    assert len([k for k in store.list("quarantine/") if k.endswith(".mp4")]) == 1
+    for output in second["outputs"]:
+        assert read_video(output["uri"].removeprefix("file://")).shape == (5, 64, 128, 3)
+
+    # Corrupt once the batch is done: the export copies the good video, quarantines the bad one and says so.
+    _flip_a_byte(video)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", "resume", str(second["batch_id"]), "--model", model, "--out", str(out)])
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and line.startswith("error: 1 of 2 video(s) not copied") and "batch resume" in line
+    jobs = jobs_of(second["batch_id"])
+    assert sorted(p.name for p in out.iterdir()) == [f"{jobs[1].prompt_id}.mp4"]
+    assert len([k for k in store.list("quarantine/") if k.endswith(".mp4")]) == 2
+
+    # The next resume encodes that video again from the cached detail latent, and nothing else.
+    before = attempts_of(second["batch_id"])
+    result = CliRunner().invoke(app, ["batch", "resume", str(second["batch_id"]), "--model", model, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    added = [(a.job_id, a.stage, a.outcome) for a in attempts_of(second["batch_id"])[len(before):]]
+    assert added == [(jobs[0].id, JobStatus.encoding, AttemptOutcome.succeeded)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs)
+    assert all(read_video(p).shape == (5, 64, 128, 3) for p in out.iterdir())
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
