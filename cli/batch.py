@@ -30,6 +30,9 @@ Overrides = Annotated[
 ]
 
 
+ROW_ID_LIMIT = 2**63  # batch and job ids are signed 64-bit in the run database: a larger one names no row
+
+
 def _quiet_prefect() -> None:
     """Prefect reads these at import: keep its INFO logs and telemetry out of the CLI's output."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -181,15 +184,20 @@ def run(
     from flows.batch import nightly_batch
     from flows.ingestion import read_batch_input
 
+    from pixelwizard.prompts import SEED_LIMIT
+
     overrides = _parse_overrides(override or [])
+    if not 0 <= seed < SEED_LIMIT:
+        fail(f"--seed must be a non-negative integer below 2**63, got {seed}")
     _check_here(out, device, lambda: read_batch_input(file, preset, model, overrides))
     report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides))
     _finish(report, as_json, out)
 
 
 def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
-    """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, ``check_inputs()``, then
-    the run database and the object store (opened here, so that one out of reach fails before any job does)."""
+    """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, the worker settings,
+    ``check_inputs()``, then the run database and the object store (opened here, so that one out of reach fails
+    before any job does)."""
     from flows import resources
     from pixelwizard.devices import resolve_device
 
@@ -197,6 +205,7 @@ def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
         check_out_folder(out)
     try:
         resolve_device(device)
+        resources.worker_settings()
         check_inputs()
         resources.database()
         resources.cache()
@@ -279,6 +288,8 @@ def _report(batch_id: int) -> dict[str, Any]:
     from flows.summary import batch_report
     from storage.models import Batch
 
+    if not 0 <= batch_id < ROW_ID_LIMIT:
+        fail(f"no batch {batch_id}")
     try:
         with resources.database().begin() as session:
             if session.get(Batch, batch_id) is None:
@@ -375,6 +386,8 @@ def _job(job_id: int):
     from flows import resources
     from storage.models import Job
 
+    if not 0 <= job_id < ROW_ID_LIMIT:
+        fail(f"no job {job_id}")
     try:
         with resources.database()() as session:
             job = session.get(Job, job_id)

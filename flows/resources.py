@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -26,12 +27,18 @@ class WorkerSettings:
 
 
 def worker_settings() -> WorkerSettings:
-    """Settings from ``$PIXELWIZARD_LEASE_SECONDS`` (default 120) and ``$PIXELWIZARD_MAX_ATTEMPTS`` (3)."""
-    lease = float(os.environ.get(LEASE_SECONDS_ENV, "120"))
-    attempts = int(os.environ.get(MAX_ATTEMPTS_ENV, "3"))
-    if lease <= 0 or attempts < 1:
-        raise ValueError(f"{LEASE_SECONDS_ENV} must be > 0 and {MAX_ATTEMPTS_ENV} >= 1")
-    return WorkerSettings(lease_seconds=lease, max_attempts=attempts)
+    """Settings from ``$PIXELWIZARD_LEASE_SECONDS`` (default 120) and ``$PIXELWIZARD_MAX_ATTEMPTS`` (3); a
+    ValueError naming the variable for a value that is not a number of seconds > 0 or a whole number >= 1."""
+    raw_lease, raw_attempts = os.environ.get(LEASE_SECONDS_ENV, "120"), os.environ.get(MAX_ATTEMPTS_ENV, "3")
+    try:
+        lease = float(raw_lease)
+    except ValueError:
+        lease = math.nan
+    if not (math.isfinite(lease) and lease > 0):
+        raise ValueError(f"{LEASE_SECONDS_ENV}={raw_lease!r}: expected a number of seconds > 0")
+    if not (raw_attempts.strip().isdigit() and int(raw_attempts) >= 1):
+        raise ValueError(f"{MAX_ATTEMPTS_ENV}={raw_attempts!r}: expected a whole number >= 1")
+    return WorkerSettings(lease_seconds=lease, max_attempts=int(raw_attempts))
 
 
 def worker_name(label: str) -> str:

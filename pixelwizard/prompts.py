@@ -29,7 +29,7 @@ PromptFormat = Literal["txt", "jsonl"]
 
 # Ids become output file names, so they are restricted to a portable, path-free alphabet.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_SEED_LIMIT = 2**63
+SEED_LIMIT = 2**63  # seeds are stored in the run database's signed 64-bit columns
 _JSONL_KEYS = ("id", "prompt", "seed", "negative_prompt")
 _EXTENSIONS: dict[str, PromptFormat] = {".txt": "txt", ".jsonl": "jsonl"}
 # Derived ids: a slug of the first few words (readable) plus a hash of the text (unique).
@@ -87,7 +87,7 @@ class PromptSpec:
         if self.seed is not None and (
             isinstance(self.seed, bool)
             or not isinstance(self.seed, int)
-            or not 0 <= self.seed < _SEED_LIMIT
+            or not 0 <= self.seed < SEED_LIMIT
         ):
             raise ValueError(
                 f"seed must be a non-negative integer below 2**63, got {_show(self.seed)}"

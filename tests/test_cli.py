@@ -133,11 +133,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, incomple
         (["cache", "gc"], {"PIXELWIZARD_STORE_URL": "ftp://host/path"}, "ftp"),
         (["batch", "submit", "{file}", "--preset", "8k"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "unknown preset"),
         (["batch", "submit", "{file}"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "cannot start nightly-batch"),
+        (["batch", "status", "9223372036854775808"], {}, "no batch 9223372036854775808"),
+        (["batch", "cancel", "99999999999999999999"], {}, "no batch 99999999999999999999"),
+        (["jobs", "retry", "9223372036854775808"], {}, "no job 9223372036854775808"),
+        (["batch", "run", "{file}", "--seed", "9223372036854775808"], {}, "--seed must be a non-negative integer"),
     ],
 )
 def test_more_bad_input_is_one_line(env, tmp_path, args, settings, message):
     """A file where a folder belongs, an unusable store URL, a submit with a bad preset or no server behind the API URL
-    (exit 1: the input is fine, the server is not there)."""
+    (exit 1: the input is fine, the server is not there), ids and seeds beyond the database's 64-bit integers."""
     existing = tmp_path / "prompts.txt"
     existing.write_text("a red circle moves right\n")
     result = run({**env, **settings}, *[a.format(file=existing) for a in args], timeout=120)

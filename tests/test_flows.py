@@ -502,15 +502,20 @@ def test_bad_input_fails_on_one_line_before_any_batch_is_created(env, model, tmp
         assert session.scalar(select(func.count()).select_from(Batch)) == 0
 
 
-OUT_OF_REACH = [  # nothing listens on port 9 of this machine
+BAD_SETTINGS = [  # nothing listens on port 9 of this machine
     ({"PIXELWIZARD_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none"}, "cannot connect to database"),
     ({"PIXELWIZARD_STORE_URL": "s3://no-bucket/pw", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
       "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}, "cannot reach s3://no-bucket"),
+    ({"PIXELWIZARD_LEASE_SECONDS": "abc"}, "PIXELWIZARD_LEASE_SECONDS='abc': expected a number of seconds > 0"),
+    ({"PIXELWIZARD_LEASE_SECONDS": "nan"}, "PIXELWIZARD_LEASE_SECONDS='nan'"),
+    ({"PIXELWIZARD_MAX_ATTEMPTS": "1.5"}, "PIXELWIZARD_MAX_ATTEMPTS='1.5': expected a whole number >= 1"),
+    ({"PIXELWIZARD_MAX_ATTEMPTS": "0"}, "PIXELWIZARD_MAX_ATTEMPTS='0'"),
 ]
 
 
-@pytest.mark.parametrize(("settings", "message"), OUT_OF_REACH)
-def test_a_database_or_store_out_of_reach_is_one_line_before_any_flow_runs(env, model, tmp_path, settings, message):
+@pytest.mark.parametrize(("settings", "message"), BAD_SETTINGS)
+def test_a_bad_setting_or_a_database_or_store_out_of_reach_is_one_line_before_any_flow_runs(env, model, tmp_path,
+                                                                                          settings, message):
     out = tmp_path / "videos"
     result = subprocess.run(
         [sys.executable, "-m", "cli", "batch", "run", str(write_prompts(tmp_path / "p.txt")), "--model", model,
@@ -521,7 +526,7 @@ def test_a_database_or_store_out_of_reach_is_one_line_before_any_flow_runs(env, 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
     assert not out.exists()
-    if "PIXELWIZARD_STORE_URL" in settings:  # the database was reachable: no batch was made in it
+    if "PIXELWIZARD_DATABASE_URL" not in settings:  # the database was reachable: no batch was made in it
         with resources.database()() as session:
             assert session.scalar(select(func.count()).select_from(Batch)) == 0
 
