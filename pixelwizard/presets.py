@@ -8,6 +8,11 @@ from dataclasses import dataclass, replace
 from pixelwizard.decode_chunks import DECODE_OVERLAP, chunk_spans
 
 COARSEST_VAE_STRIDE = 16  # pixels per latent column of the Wan2.2 VAE; the tiny VAE's 8 gives more columns
+# Upper bounds, so that a typo is a one-line error rather than an allocation that fails (or swaps) minutes later.
+MAX_SIDE = 8192  # pixels: 8K
+MAX_FRAMES = 1025  # 4k+1 frames, about 43 s at 24 fps (Wan2.2 is trained on 121)
+MAX_STEPS = 1000  # a sampler step per training timestep at most (NUM_TRAIN_TIMESTEPS of pixelwizard.sampling)
+MAX_FPS = 1000
 
 
 class PresetError(ValueError):
@@ -43,19 +48,23 @@ class Preset:
         ):
             if value <= 0 or value % 32:
                 raise PresetError(f"{label} {value} is not a positive multiple of 32")
+            if value > MAX_SIDE:
+                raise PresetError(f"{label} {value} is larger than {MAX_SIDE} pixels (8K)")
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise PresetError(f"frame count {self.num_frames} is not of the form 4k+1 (e.g. 17, 121)")
+        if self.num_frames > MAX_FRAMES:
+            raise PresetError(f"frame count {self.num_frames} is more than {MAX_FRAMES}")
         for label, value in (("anchor steps", self.anchor_steps), ("detail steps", self.detail_steps)):
-            if value < 1:
-                raise PresetError(f"{label} must be at least 1, got {value}")
+            if not 1 <= value <= MAX_STEPS:
+                raise PresetError(f"{label} must lie in [1, {MAX_STEPS}] (the model's training timesteps), got {value}")
         for label, value in (("anchor shift", self.anchor_shift), ("detail shift", self.detail_shift)):
             if not math.isfinite(value) or value <= 0:
                 raise PresetError(f"{label} must be a positive number, got {value}")
         for label, value in (("anchor guidance", self.anchor_guidance), ("detail guidance", self.detail_guidance)):
             if not math.isfinite(value) or value < 0:
                 raise PresetError(f"{label} must be a number >= 0, got {value}")
-        if self.fps < 1:
-            raise PresetError(f"fps must be at least 1, got {self.fps}")
+        if not 1 <= self.fps <= MAX_FPS:
+            raise PresetError(f"fps must lie in [1, {MAX_FPS}], got {self.fps}")
         try:  # checked on the coarsest latent grid, the release VAE's 16 pixels a column (SPEC.md 6)
             chunk_spans(self.detail_width // COARSEST_VAE_STRIDE, self.decode_chunks, DECODE_OVERLAP)
         except ValueError as exc:
