@@ -1,5 +1,5 @@
 """``python -m cli`` runs the ``pixelwizard`` command."""
 
-from cli.main import app
+from cli.main import run
 
-app(prog_name="pixelwizard")
+run()

@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import typer  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from cli.batch import batch_app, cache_app, jobs_app  # noqa: E402
 from cli.convert import convert  # noqa: E402
@@ -41,6 +42,27 @@ def exit_on_sigterm() -> None:
     """SIGTERM (a scheduler, ``kill``) ends a command as Ctrl-C does, by an exception: cleanup runs (the
     encoder and its temporary file, a staging folder), so nothing half-written is left behind."""
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def run() -> None:
+    """The ``pixelwizard`` command: Typer's handling, except that a usage error (an option value of the wrong type or
+    out of range, an unknown command or option) is the one-line ``error:`` of every other bad input, exit 2."""
+    try:  # Typer 0.2x carries its own copy of Click, whose exceptions are the ones raised
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
+    from cli.errors import err_console
+
+    try:
+        code = app(prog_name="pixelwizard", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # a bare group: its help
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}", markup=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.callback()
