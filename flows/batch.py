@@ -15,7 +15,7 @@ from prefect import flow, task
 from sqlalchemy import func, select
 
 from flows import resources
-from flows.stage_runner import TRANSIENT_ERRORS, give_up_stage, retry_delay
+from flows.stage_runner import STOPPING, TRANSIENT_ERRORS, give_up_stage, request_stop, retry_delay
 from flows.summary import batch_report
 from flows.tasks import anchor_job, render_job
 from storage.jobs import claim_next_job
@@ -40,7 +40,7 @@ def _drain(
     ready, working = list(ready), list(working)
     results = []
     transient_in_a_row = 0
-    while True:
+    while not STOPPING.is_set():
         job = claim_next_job(factory, batch_id, worker, settings.lease_seconds, ready)
         if job is None:
             with factory() as session:
@@ -58,6 +58,7 @@ def _drain(
             give_up_stage(factory, job.id, worker, exc, settings.max_attempts)
             transient_in_a_row = transient_in_a_row + 1 if isinstance(exc, TRANSIENT_ERRORS) else 0
             time.sleep(retry_delay(exc, transient_in_a_row))
+    return results
 
 
 @flow(name="ingest")
@@ -154,8 +155,12 @@ def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: 
         return
     _preload(batch_id, model, device)  # load once, before the threads share it
     futures = [render_worker_task.submit(batch_id, model, device, str(i)) for i in range(workers)]
-    for future in futures:
-        future.result()
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:  # Ctrl-C or SIGTERM reaches only this thread: the workers stop at their next step
+        request_stop()
+        raise
 
 
 def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
@@ -209,6 +214,7 @@ def nightly_batch(
 
     ``overrides`` replace preset fields for every job (e.g. ``{"detail_steps": 8}``).
     """
+    STOPPING.clear()  # an earlier run of this process that was stopped does not stop this one
     batch_id = ingest(source, preset, model, seed, name, overrides)
     anchor_counts = anchors(batch_id, model, device)
     _fan_out(batch_id, workers, gpus, model, device)
@@ -238,19 +244,28 @@ def resume_batch(
     batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1,
     requeue_stopped_jobs: bool = True,
 ) -> dict[str, Any]:
-    """Requeue failed and cancelled (unless told not to) and expired jobs, and done ones whose video is gone from the
-    store, then run only the stages they are missing."""
+    """Requeue failed and cancelled (unless told not to) jobs, jobs whose lease expired or whose worker on this host is
+    gone, and done ones whose video is gone from the store; then run only the stages they are missing."""
     from storage.jobs import requeue_expired, requeue_lost_videos, requeue_stopped
 
     check_batch_model(batch_id, model)
+    STOPPING.clear()  # an earlier run of this process that was stopped does not stop this one
     with resources.database().begin() as session:
         requeued = requeue_stopped(session, batch_id) if requeue_stopped_jobs else 0
-        requeued += requeue_expired(session, batch_id)
+        requeued += requeue_expired(session, batch_id, gone_workers=_gone_workers(session, batch_id))
         requeued += requeue_lost_videos(session, batch_id, _jobs_without_their_video(session, batch_id))
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)
     _fan_out(batch_id, workers, gpus, model, device)
     return _summary(batch_id, anchor_counts)
+
+
+def _gone_workers(session, batch_id: int) -> list[str]:
+    """Holders of the batch's leases that were processes of this host and no longer run (a batch stopped with
+    Ctrl-C or killed): a resume takes their jobs at once instead of waiting for the leases to expire."""
+    owners = session.scalars(select(Job.lease_owner).where(Job.batch_id == batch_id, Job.lease_owner.is_not(None))
+                             .distinct())
+    return [owner for owner in owners if resources.worker_is_gone(owner)]
 
 
 def _jobs_without_their_video(session, batch_id: int) -> list[int]:

@@ -46,6 +46,22 @@ def worker_name(label: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}:{label}"
 
 
+def worker_is_gone(name: str) -> bool:
+    """Whether the worker ``name`` (``worker_name``'s form) was a process of this host that no longer runs: a
+    batch stopped with Ctrl-C or killed. Workers of other hosts are never judged here; their leases expire."""
+    host, _, rest = name.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 @lru_cache(maxsize=None)
 def database(url: str | None = None):
     """The session factory of the run database (schema upgraded on first use)."""

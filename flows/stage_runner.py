@@ -33,6 +33,18 @@ STAGES: dict[JobStatus, tuple[JobStatus, JobStatus, ArtifactKind]] = {
 }
 
 
+STOPPING = threading.Event()  # set when this process stops (Ctrl-C, SIGTERM): its workers stop at their next step
+
+
+class StopRequested(Exception):
+    """This process is stopping: the stage gives its job back instead of finishing it."""
+
+
+def request_stop() -> None:
+    """Make every worker thread of this process stop at its next sampler step and claim nothing more."""
+    STOPPING.set()
+
+
 TRANSIENT_ERRORS = (StorageError, DatabaseUnavailableError, ConnectionError, TimeoutError)
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -75,10 +87,12 @@ class LeaseKeeper:
                 log.warning("heartbeat for job %s failed: %s", job_id, one_line(exc))
 
     def check(self) -> None:
-        """Raise StaleJobError once the lease is lost (the job was cancelled, or expired and went to another worker):
-        work that calls this between its steps stops instead of finishing for nothing."""
+        """Raise StaleJobError once the lease is lost (the job was cancelled, or expired and went to another worker),
+        StopRequested once this process stops: work that calls this between its steps ends there."""
         if self.lost:
             raise StaleJobError(f"job {self._args[1]}: lease lost (the job was cancelled or taken over)")
+        if STOPPING.is_set():
+            raise StopRequested(f"job {self._args[1]}: the worker's process is stopping")
 
     def __enter__(self) -> "LeaseKeeper":
         self._thread.start()
@@ -105,9 +119,10 @@ def run_stage(
     The lease is released afterwards (so any worker can take the next stage) unless
     ``keep_lease``, for a worker that goes straight on to the next stage itself.
     Re-entrant: a job already in ``stage`` under this worker's lease (a task retry) restarts
-    the stage. ``work(job, check)`` should call ``check()`` between its steps: it raises once the lease is lost.
-    Exceptions from ``work`` propagate after the attempt is recorded as failed (unless a cancel or an expiry
-    closed it first).
+    the stage. ``work(job, check)`` should call ``check()`` between its steps: it raises once the lease is lost or
+    the process stops. Exceptions from ``work`` propagate after the attempt is recorded as failed (unless a cancel or
+    an expiry closed it first); when the process stops (Ctrl-C, SIGTERM) it is recorded as crashed and the job is
+    handed back to the status before the stage at once.
     """
     _, after, kind = STAGES[stage]
     with factory.begin() as session:
@@ -120,9 +135,15 @@ def run_stage(
             stored = work(job, keeper.check)
         keeper.check()
     except BaseException as exc:
+        stopped = isinstance(exc, (StopRequested, KeyboardInterrupt, SystemExit))
         try:
             with factory.begin() as session:
-                finish_attempt(session, attempt, AttemptOutcome.failed, error=one_line(exc))
+                finish_attempt(session, attempt, AttemptOutcome.crashed if stopped else AttemptOutcome.failed,
+                               error=one_line(exc))
+                if stopped:  # the process is going away: hand the job back now rather than when its lease expires
+                    job = session.get(Job, job_id)
+                    transition(session, job, STAGES[stage][0], worker=worker, error=f"worker stopped during {stage}")
+                    release(session, job, worker)
         except StaleJobError:  # already closed, as cancelled or crashed, by whoever took the lease
             pass
         raise

@@ -297,9 +297,9 @@ def release(session: Session, job: Job, worker: str) -> None:
     )
 
 
-def requeue_expired(session: Session, batch_id: int | None = None) -> int:
-    """Send jobs whose worker's lease expired back one step (anchoring -> pending, rendering ->
-    anchored, encoding -> rendered) and mark those jobs' running attempts crashed.
+def requeue_expired(session: Session, batch_id: int | None = None, *, gone_workers: Sequence[str] = ()) -> int:
+    """Send jobs whose worker's lease expired, or whose worker is known to be gone (``gone_workers``), back one step
+    (anchoring -> pending, rendering -> anchored, encoding -> rendered) and mark those jobs' running attempts crashed.
 
     The jobs are updated first: on PostgreSQL each UPDATE re-checks the lease of a row a
     heartbeat just renewed (that job keeps its lease and attempt) and keeps the requeued rows
@@ -313,7 +313,7 @@ def requeue_expired(session: Session, batch_id: int | None = None) -> int:
             update(Job)
             .where(
                 Job.status == working,
-                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now, Job.lease_owner.in_(gone_workers)),
                 *_in_batch(batch_id),
             )
             .values(

@@ -321,12 +321,16 @@ def test_two_render_worker_processes_render_every_job_exactly_once(env, model, t
 
 
 def run_cli(env, *args):
-    """The CLI in its own process group, so a kill takes all it started, as a node failure would."""
+    """The CLI in its own process group, so a kill takes all it started, as a node failure would. SIGINT acts as
+    Ctrl-C in a terminal (a shell starts background jobs, such as this test run may be, with it ignored)."""
     return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=REPO, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model, tmp_path):
+    """With 10-minute leases: the resume takes the killed worker's job at once (its process, on this host, is gone)."""
+    env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
     source = write_prompts(tmp_path / "p.txt")
     out = tmp_path / "out"
     # Big enough that a job spends a few seconds in a working stage, so the kill lands inside one.
@@ -382,6 +386,37 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert sorted(renders) == sorted([j.id for j in jobs_of(batch_id)] + [crashed_job] * (crashed_stage == JobStatus.rendering))
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
+
+def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path):
+    """A real batch process gets SIGINT mid-render, with 10-minute leases: it stops within a step (it had gone on
+    rendering every job in its worker thread), hands the job back, and the resume right after does not wait."""
+    env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
+    out = tmp_path / "out"
+    process = run_cli(env, "batch", "run", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "--model", model,
+                      "--out", str(out), "--set", "num_frames=9", "--set", "anchor_steps=3", "--set", "detail_steps=400")
+    deadline, rendering = time.monotonic() + 240, None
+    while rendering is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            with resources.database()() as session:
+                rendering = session.scalars(select(Attempt).where(
+                    Attempt.stage == JobStatus.rendering, Attempt.outcome == AttemptOutcome.running)).first()
+        except Exception:  # the database is created by the child; it may not exist yet
+            pass
+    assert rendering is not None, "no render started"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    [held] = [j for j in jobs_of(1) if j.id == rendering.job_id]
+    assert (held.status, held.lease_owner) == (JobStatus.anchored, None)
+    assert [a.id for a in attempts_of(1) if a.stage != JobStatus.anchoring] == [rendering.id]
+
+    resumed = run_cli(env, "batch", "resume", "1", "--model", model, "--out", str(out))
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    with resources.database()() as session:
+        assert session.get(Attempt, rendering.id).outcome == AttemptOutcome.crashed
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(1))
 
 def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_batch_up_again(env, model, tmp_path):
     out = tmp_path / "out"
