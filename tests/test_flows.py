@@ -387,11 +387,9 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
 
-def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path):
-    """A real batch process gets SIGINT mid-render, with 10-minute leases: it stops within a step (it had gone on
-    rendering every job in its worker thread), hands the job back, and the resume right after does not wait."""
-    env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
-    out = tmp_path / "out"
+def start_a_long_render(env, model, tmp_path, out) -> tuple[subprocess.Popen, Attempt]:
+    """A real `batch run` of two prompts whose render stage lasts many heartbeats (400 detail steps), returned with
+    the attempt of the first render once it runs."""
     process = run_cli(env, "batch", "run", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "--model", model,
                       "--out", str(out), "--set", "num_frames=9", "--set", "anchor_steps=3", "--set", "detail_steps=400")
     deadline, rendering = time.monotonic() + 240, None
@@ -404,6 +402,15 @@ def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_on
         except Exception:  # the database is created by the child; it may not exist yet
             pass
     assert rendering is not None, "no render started"
+    return process, rendering
+
+
+def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path):
+    """A real batch process gets SIGINT mid-render, with 10-minute leases: it stops within a step (it had gone on
+    rendering every job in its worker thread), hands the job back, and the resume right after does not wait."""
+    env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
+    out = tmp_path / "out"
+    process, rendering = start_a_long_render(env, model, tmp_path, out)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
@@ -418,21 +425,10 @@ def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_on
         assert session.get(Attempt, rendering.id).outcome == AttemptOutcome.crashed
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(1))
 
+
 def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_batch_up_again(env, model, tmp_path):
-    out = tmp_path / "out"
-    # Enough detail steps that the render stage lasts many heartbeats (1.25 s with the 5-s lease here).
-    process = run_cli(env, "batch", "run", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "--model", model,
-                      "--out", str(out), "--set", "num_frames=9", "--set", "anchor_steps=3", "--set", "detail_steps=400")
-    deadline, rendering = time.monotonic() + 240, None
-    while rendering is None and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        try:
-            with resources.database()() as session:
-                rendering = session.scalars(select(Attempt).where(
-                    Attempt.stage == JobStatus.rendering, Attempt.outcome == AttemptOutcome.running)).first()
-        except Exception:  # the database is created by the child; it may not exist yet
-            pass
-    assert rendering is not None, "no render started"
+    out = tmp_path / "out"  # the render lasts many heartbeats of 1.25 s (the 5-s lease here)
+    process, rendering = start_a_long_render(env, model, tmp_path, out)
     [victim] = [j for j in jobs_of(1) if j.id == rendering.job_id]
 
     cancel = subprocess.run([sys.executable, "-m", "cli", "batch", "cancel", str(victim.batch_id)], env=env, cwd=REPO,
