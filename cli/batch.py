@@ -58,8 +58,10 @@ class _ReportedOnOneLine(logging.Filter):
         self._runs: set[str | None] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from flows.stage_runner import StopRequested  # a worker stopped by Ctrl-C: the command exits 130 itself
+
         run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
-        if record.exc_info and isinstance(record.exc_info[1], _known_errors()):
+        if record.exc_info and isinstance(record.exc_info[1], (*_known_errors(), StopRequested)):
             self._runs.add(run)
             return False
         return not (record.levelno >= logging.ERROR and run in self._runs)

@@ -56,12 +56,15 @@ def run() -> None:
 
     try:
         code = app(prog_name="pixelwizard", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as exc:  # a bare group: its help
+    except getattr(click_errors, "NoArgsIsHelpError", ()) as exc:  # a bare group: its help (Click >= 8.2)
         exc.show()
         sys.exit(exc.exit_code)
     except click_errors.ClickException as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}", markup=True)
         sys.exit(exc.exit_code)
+    except click_errors.Abort:  # end of input where a prompt wanted some
+        err_console.print("Aborted!")
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -57,7 +57,7 @@ def _drain(
         except Exception as exc:
             give_up_stage(factory, job.id, worker, exc, settings.max_attempts)
             transient_in_a_row = transient_in_a_row + 1 if isinstance(exc, TRANSIENT_ERRORS) else 0
-            time.sleep(retry_delay(exc, transient_in_a_row))
+            STOPPING.wait(retry_delay(exc, transient_in_a_row))  # a stop cuts the backoff short
     return results
 
 

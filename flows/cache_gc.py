@@ -12,14 +12,14 @@ from storage.enums import JobStatus
 from storage.models import Artifact, Job
 
 LATENT_PREFIXES = ("anchors/", "details/")
-FINISHED = (JobStatus.done, JobStatus.cancelled)  # failed jobs are not finished: resume and retry requeue them
+FINISHED = (JobStatus.done,)  # failed and cancelled jobs are not finished: resume and retry requeue them
 
 
 def collect_garbage(older_than_days: float, *, dry_run: bool = False) -> list[str]:
     """Remove (or with ``dry_run`` only list) latent entries older than the limit; returns their keys.
 
-    Videos are outputs and are never collected; entries referenced by a job that is not done or
-    cancelled (failed ones included) are kept whatever their age, so a resume never loses work.
+    Videos are outputs and are never collected; entries referenced by a job that is not done (failed and
+    cancelled ones included) are kept whatever their age, so a resume never loses work.
     """
     store = resources.cache().store
     with resources.database()() as session:

@@ -127,8 +127,9 @@ def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
         ArtifactKind.detail_latent, plan.detail_key, {"latent": latent}, _record(job, plan)))
 
 
-def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
-    """The MP4 from the cache, or decoded from the cached detail latent (re-rendered if it was lost) and stored."""
+def video(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, on_progress: Progress | None = None) -> StoredObject:
+    """The MP4 from the cache, or decoded from the cached detail latent (re-rendered if it was lost) and stored;
+    ``on_progress`` as for ``anchor`` (for that re-render)."""
     from pixelwizard.video import encode_video
 
     if cache.entry_object(ArtifactKind.video, plan.video_key) is not None:  # stored by an earlier try or batch:
@@ -140,7 +141,7 @@ def video(pipe, cache: LatentCache, job: Job, plan: JobPlan) -> StoredObject:
         hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
         if hit is None:
             log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)
-            detail(pipe, cache, job, plan)
+            detail(pipe, cache, job, plan, on_progress=on_progress)
             hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
         frames = pipe.decode(hit[0]["latent"], chunks=plan.preset.decode_chunks)
         folder = Path(tempfile.mkdtemp(prefix="pixelwizard-video-"))  # removed once stored (flows.unsaved)

@@ -41,17 +41,25 @@ def worker_settings() -> WorkerSettings:
     return WorkerSettings(lease_seconds=lease, max_attempts=int(raw_attempts))
 
 
+def _this_host() -> str:
+    """The host name, with the PID namespace on Linux: containers sharing a host name have separate process ids."""
+    try:
+        return f"{socket.gethostname()}/{os.readlink('/proc/self/ns/pid').removeprefix('pid:')}"
+    except OSError:
+        return socket.gethostname()
+
+
 def worker_name(label: str) -> str:
-    """A worker id unique across hosts, processes and threads: host:pid:thread:label."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}:{label}"
+    """A worker id unique across hosts, processes and threads: host:pid:thread:label (host as ``_this_host``)."""
+    return f"{_this_host()}:{os.getpid()}:{threading.get_ident() % 100000}:{label}"
 
 
 def worker_is_gone(name: str) -> bool:
-    """Whether the worker ``name`` (``worker_name``'s form) was a process of this host that no longer runs: a
-    batch stopped with Ctrl-C or killed. Workers of other hosts are never judged here; their leases expire."""
+    """Whether the worker ``name`` (``worker_name``'s form) was a process of this host and PID namespace that no
+    longer runs: a batch stopped with Ctrl-C or killed. Other workers are never judged here; their leases expire."""
     host, _, rest = name.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != _this_host() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -138,12 +138,12 @@ def run_stage(
         stopped = isinstance(exc, (StopRequested, KeyboardInterrupt, SystemExit))
         try:
             with factory.begin() as session:
-                finish_attempt(session, attempt, AttemptOutcome.crashed if stopped else AttemptOutcome.failed,
-                               error=one_line(exc))
                 if stopped:  # the process is going away: hand the job back now rather than when its lease expires
-                    job = session.get(Job, job_id)
+                    job = session.get(Job, job_id)  # (the job before its attempt: every writer's lock order)
                     transition(session, job, STAGES[stage][0], worker=worker, error=f"worker stopped during {stage}")
                     release(session, job, worker)
+                finish_attempt(session, attempt, AttemptOutcome.crashed if stopped else AttemptOutcome.failed,
+                               error=one_line(exc))
         except StaleJobError:  # already closed, as cancelled or crashed, by whoever took the lease
             pass
         raise

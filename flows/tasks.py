@@ -72,7 +72,7 @@ def render_job(job_id: int, worker: str, model: str | None, device: str | None) 
 
     def video(job: Job, check):
         pipe, plan = _stage_inputs(job, model, device)
-        return job_work.video(pipe, cache, job, plan)
+        return job_work.video(pipe, cache, job, plan, on_progress=_checking(check))
 
     with factory() as session:
         status = session.get(Job, job_id).status

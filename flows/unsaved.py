@@ -8,6 +8,7 @@ down cannot fill the worker's memory or disk.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import threading
@@ -29,7 +30,8 @@ _lock = threading.Lock()
 
 def store_once(key: str, compute: Callable[[], T], put: Callable[[T], StoredObject]) -> StoredObject:
     """``put(compute())``, except that a result whose put under ``key`` failed earlier in this process is put
-    again instead of being computed again. A result is kept whenever its put raises, and let go once stored."""
+    again instead of being computed again. A result is kept whenever its put raises, and let go once stored (or when
+    the process exits)."""
     with _lock:
         value = _kept.pop(key, None)
     if value is None:
@@ -38,7 +40,7 @@ def store_once(key: str, compute: Callable[[], T], put: Callable[[T], StoredObje
         log.info("storing %s, kept from a put that failed, instead of computing it again", key)
     try:
         stored = put(value)
-    except Exception:
+    except BaseException:
         _keep(key, value)
         raise
     _let_go(value)
@@ -53,11 +55,21 @@ def kept_keys() -> list[str]:
 
 def _keep(key: str, value: Any) -> None:
     with _lock:
+        replaced = _kept.pop(key, None)  # another thread's result for the same key: the same content
         _kept[key] = value
-        _kept.move_to_end(key)
         dropped = [_kept.popitem(last=False)[1] for _ in range(len(_kept) - KEEP)]
-    for old in dropped:
+    for old in ([replaced] if replaced is not None else []) + dropped:
         _let_go(old)
+
+
+@atexit.register
+def _let_all_go() -> None:
+    """Kept videos are temporary files: none outlives the process."""
+    with _lock:
+        values = list(_kept.values())
+        _kept.clear()
+    for value in values:
+        _let_go(value)
 
 
 def _let_go(value: Any) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -113,7 +113,9 @@ def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
     _restore_interrupted_swap(destination)
     destination = check_replaceable(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(destination.parent, f".{glob.escape(destination.name)}.*")  # staging folders of killed writes
+    # The staging folders and retired bundles of killed writes (a retired one is put back above when it is all
+    # there is): only these names, never another file or bundle beside it.
+    remove_stale(destination.parent, f".{destination.name}.", rf"\.{re.escape(destination.name)}\.([0-9a-f]{{16}}|old-\d+)")
     staging = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}")
     staging.mkdir()  # mode 0o777 less the umask, as the renamed bundle should have (mkdtemp: 0o700)
     try:

@@ -7,7 +7,6 @@ Everything runs through the ffmpeg binary bundled with the ``imageio-ffmpeg`` wh
 from __future__ import annotations
 
 import functools
-import glob
 import math
 import numbers
 import os
@@ -293,7 +292,7 @@ def encode_video(
         )
     shape = frame.shape
 
-    remove_stale(path.parent, f".{glob.escape(path.name)}.*.tmp.mp4")  # temporaries of killed encodes
+    remove_stale(path.parent, f".{path.name}.", rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp\.mp4")  # killed encodes
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.mp4")
     proc = _spawn_encoder(width, height, fps, settings, crf, tmp)
     stderr = _StderrTail(proc.stderr)  # type: ignore[arg-type]

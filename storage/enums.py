@@ -70,7 +70,7 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     _S.rendering: frozenset({_S.rendered, _S.anchored, _S.failed, _S.cancelled}),
     _S.rendered: frozenset({_S.encoding, _S.failed, _S.cancelled}),
     _S.encoding: frozenset({_S.done, _S.rendered, _S.failed, _S.cancelled}),
-    _S.failed: frozenset({_S.pending, _S.cancelled}),
+    _S.failed: frozenset({_S.pending}),
     _S.done: frozenset({_S.rendered}),  # its video was lost from the store (quarantined as corrupt): encode again
     _S.cancelled: frozenset({_S.pending}),
 }

@@ -9,7 +9,7 @@ Allowed job status transitions (``storage.enums.ALLOWED_TRANSITIONS``); anything
     rendering -> rendered  | anchored (lease expired) | failed | cancelled
     rendered  -> encoding  | failed | cancelled
     encoding  -> done      | rendered (lease expired) | failed | cancelled
-    failed    -> pending   (requeue_stopped) | cancelled
+    failed    -> pending   (requeue_stopped)
     cancelled -> pending   (requeue_stopped)
     done      -> rendered  (requeue_lost_videos: its video is gone from the store)
 
@@ -326,6 +326,12 @@ def requeue_expired(session: Session, batch_id: int | None = None, *, gone_worke
             .returning(Job.id)
         )
         requeued += session.execute(expired, execution_options={"synchronize_session": False}).scalars()
+    if gone_workers:  # a job a gone worker had claimed but not started, or kept leased between its stages
+        _run_update(
+            session,
+            update(Job).where(Job.status.in_(READY_STATUSES), Job.lease_owner.in_(gone_workers), *_in_batch(batch_id))
+            .values(lease_owner=None, lease_expires_at=None, updated_at=now),
+        )
     for chunk in _chunks(requeued):
         _run_update(
             session,
@@ -372,7 +378,8 @@ CANCELLED_ERROR = "cancelled by the operator"
 
 def cancel_jobs(session: Session, batch_id: int, *, job_id: int | None = None) -> int:
     """Cancel the batch's unfinished jobs (or the one ``job_id``): no worker claims them again, the worker holding
-    one loses its lease, and their running attempts end failed with ``CANCELLED_ERROR``. Done jobs stay done.
+    one loses its lease, and their running attempts end failed with ``CANCELLED_ERROR``. Done jobs stay done, and
+    failed ones failed (with their error).
 
     Jobs first, then their attempts: the lock order of every other writer (see ``requeue_expired``).
     """

@@ -69,7 +69,7 @@ def test_transition_table_is_the_documented_one() -> None:
     expected = set(itertools.pairwise(forward))
     expected |= {(s, end) for s in forward[:-1] for end in (S.failed, S.cancelled)}
     expected |= {(S.failed, S.pending), (S.anchoring, S.pending), (S.rendering, S.anchored), (S.encoding, S.rendered)}
-    expected |= {(S.failed, S.cancelled), (S.cancelled, S.pending)}  # an operator's cancel, and a requeue
+    expected |= {(S.cancelled, S.pending)}  # a requeue of what an operator cancelled
     expected |= {(S.done, S.rendered)}  # its video was lost from the store
 
     actual = {(a, b) for a, targets in ALLOWED_TRANSITIONS.items() for b in targets}
@@ -298,10 +298,11 @@ def test_cancel_stops_every_unfinished_job_and_a_requeue_takes_them_up_again(fac
         running = start_attempt(session, held, S.anchoring, "worker-a")
 
     with factory.begin() as session:
-        assert cancel_jobs(session, batch_id) == 3
+        assert cancel_jobs(session, batch_id) == 2
         assert refresh_batch(session, batch_id).status == BatchStatus.partial
-    cancelled = {i: _job(factory, i) for i in (working, failed, waiting)}
-    assert _job(factory, done).status == S.done
+    cancelled = {i: _job(factory, i) for i in (working, waiting)}
+    assert (_job(factory, done).status, _job(factory, failed).status) == (S.done, S.failed)
+    assert _job(factory, failed).last_error == "CUDA out of memory"  # a failed job keeps its failure
     assert {(j.status, j.lease_owner, j.last_error) for j in cancelled.values()} == {(S.cancelled, None, CANCELLED_ERROR)}
     with factory() as session:
         attempt = session.get(Attempt, running.id)
@@ -311,13 +312,36 @@ def test_cancel_stops_every_unfinished_job_and_a_requeue_takes_them_up_again(fac
     assert claim_next_job(factory, batch_id, "worker-b", lease_seconds=60) is None
 
     with factory.begin() as session:
-        assert requeue_stopped(session, batch_id) == 3
-    assert {(_job(factory, i).status, _job(factory, i).attempt_count) for i in cancelled} == {(S.pending, 0)}
+        assert requeue_stopped(session, batch_id) == 3  # the cancelled and the failed
+    assert {(_job(factory, i).status, _job(factory, i).attempt_count) for i in (working, failed, waiting)} == {
+        (S.pending, 0)}
     with factory.begin() as session:  # one job alone
         assert cancel_jobs(session, batch_id, job_id=waiting) == 1
         assert cancel_jobs(session, batch_id, job_id=done) == 0
     assert [_job(factory, i).status for i in (done, working, failed, waiting)] == [S.done, S.pending, S.pending,
                                                                                     S.cancelled]
+
+
+def test_requeue_takes_the_jobs_of_a_gone_worker_also_when_it_had_not_started_them(
+    factory: sessionmaker[Session],
+) -> None:
+    """One job claimed and started (anchoring), one claimed but not started (pending, leased): both held for an
+    hour by a worker known to be gone, both claimable at once after the requeue; a live worker's lease is kept."""
+    batch_id, (started, claimed, live) = _batch_with_jobs(factory, 3)
+    for job_id, owner in ((started, "gone"), (claimed, "gone"), (live, "alive")):
+        job = claim_next_job(factory, batch_id, owner, lease_seconds=3600)
+        assert job is not None and job.id == job_id
+        if job_id == started:
+            with factory.begin() as session:
+                transition(session, job, S.anchoring, worker="gone")
+    assert claim_next_job(factory, batch_id, "worker-b", lease_seconds=60) is None
+
+    with factory.begin() as session:
+        assert requeue_expired(session, batch_id, gone_workers=["gone"]) == 1  # the started one steps back
+    assert [(j.status, j.lease_owner) for j in map(lambda i: _job(factory, i), (started, claimed, live))] == [
+        (S.pending, None), (S.pending, None), (S.pending, "alive")]
+    taken = [claim_next_job(factory, batch_id, "worker-b", lease_seconds=60) for _ in range(3)]
+    assert [j.id if j else None for j in taken] == [started, claimed, None]
 
 def test_release_hands_the_job_back(factory: sessionmaker[Session]) -> None:
     batch_id, [job_id] = _batch_with_jobs(factory, 1)

@@ -211,10 +211,10 @@ def test_resume_of_a_job_that_failed_encoding_reuses_its_latents_and_needs_the_b
     """Fault injection (a mock, no real part fails on demand): one prompt's encoding raises until fixed."""
     real_video = job_work.video
 
-    def flaky(pipe, cache, job, plan):
+    def flaky(pipe, cache, job, plan, **kwargs):
         if "blue" in job.prompt:
             raise RuntimeError("disk full")
-        return real_video(pipe, cache, job, plan)
+        return real_video(pipe, cache, job, plan, **kwargs)
 
     monkeypatch.setattr(job_work, "video", flaky)
     report = nightly_batch(str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "tiny", model=model, overrides=SMALL)
@@ -431,9 +431,12 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
     process, rendering = start_a_long_render(env, model, tmp_path, out)
     [victim] = [j for j in jobs_of(1) if j.id == rendering.job_id]
 
-    cancel = subprocess.run([sys.executable, "-m", "cli", "batch", "cancel", str(victim.batch_id)], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert cancel.returncode == 0 and cancel.stdout.strip() == f"batch {victim.batch_id}: 2 job(s) cancelled", cancel
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    cancel = CliRunner().invoke(app, ["batch", "cancel", str(victim.batch_id)])  # here: no interpreter to start
+    assert cancel.exit_code == 0 and cancel.stdout.strip() == f"batch {victim.batch_id}: 2 job(s) cancelled", cancel
 
     output, _ = process.communicate(timeout=120)  # the run ends by itself, reporting the batch cancelled
     assert process.returncode == 1 and f"batch {victim.batch_id} cancelled: 2 cancelled" in output, output
@@ -451,10 +454,6 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
     report = json.loads(output[output.index("{"):])
     assert report["status"] == "done" and report["anchors"] == {"generated": 0, "cached": 2}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(victim.batch_id))
-
-    from typer.testing import CliRunner
-
-    from cli.main import app
 
     for args, message in ((["jobs", "cancel", str(victim.id)], f"job {victim.id} is done"),
                           (["jobs", "cancel", "999"], "no job 999"), (["batch", "cancel", "999"], "no batch 999")):

@@ -201,13 +201,17 @@ def test_the_staging_folder_of_a_write_killed_with_sigkill_goes_with_a_later_wri
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
     [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]
+    others = [tmp_path / ".bundle.bak", tmp_path / ".bundle.v2.old-42"]  # a user's file; another bundle's retired copy
+    for other in others:
+        other.mkdir()
+        os.utime(other, (time.time() - 2 * STALE_SECONDS, time.time() - 2 * STALE_SECONDS))
 
     for age in (0, STALE_SECONDS + 60):  # a day later the next write removes it; before, it could be a live write's
         os.utime(left, (time.time() - age, time.time() - age))
         with staged_folder(destination) as staging:
             (staging / "model_index.json").write_text('{"v": 1}')
         assert left.exists() == (age == 0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "filling"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.bak", ".bundle.v2.old-42", "bundle", "filling"]
 
 def test_revision_changes_when_weights_change(bundle, tmp_path):
     import shutil

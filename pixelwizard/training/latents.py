@@ -107,6 +107,8 @@ class LatentCache:
         tensors mapped, not read), so that writing a cache never replaces any other file."""
         if not os.path.lexists(path):
             return
+        if not os.path.isfile(path):  # a FIFO or a device would block the read, or be consumed by it
+            raise ValueError(f"{path} exists and is not a latent cache; refusing to replace it")
         try:
             _read_fields(path, mmap=True)
         except ValueError:
