@@ -1,4 +1,4 @@
-# Raw record of run 30 (docs/training.md; planned: written in a session that had no GPU, not yet run): the shortcut
+# Raw record of run 30 (docs/training.md; run once reduced, with FM_STEPS=3000 WARM_SECONDS=150 VAE_SECONDS=120): the shortcut
 # claim on the grain world again, with the two levers run 26 left untried. As run 26: the VAE on the grain world (or
 # VAE_FROM), the latent cache, flow matching alone from the shipped detail model (WARM_SECONDS, or WARM_FROM). Then, from
 # that warm start, side by side at lr 3e-4 cosine over their steps:
