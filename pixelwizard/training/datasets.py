@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from pixelwizard.training.render import object_mask, render_scenes
 from pixelwizard.training.scenes import Split, counterfactual, scene_for
-from pixelwizard.video import VideoDecodeError, probe_video
 
 PROBE_THREADS = 8  # ffmpeg processes probing a real-clip list at once
 
@@ -162,6 +161,8 @@ class RealClips:
     def _check_videos(self, listed: list[tuple[int, tuple[Path, str]]]) -> None:
         """Every listed video decodes and has enough frames; probed a few at a time (one ffmpeg each, so that
         a long list opens in a fraction of the time), problems raised for the first bad line."""
+        from pixelwizard.video import VideoDecodeError  # here: synthetic data needs no ffmpeg (nor a GPU image's lack)
+
         with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
             probes = pool.map(_frame_count, [video for _, (video, _) in listed])
             for (number, (video, _)), frames in zip(listed, probes):
@@ -189,8 +190,11 @@ class RealClips:
         return torch.stack(batch).to(device)
 
 
-def _frame_count(video: Path) -> int | VideoDecodeError:
-    """The video's frame count, or the error that reading it raised (returned, to be reported in line order)."""
+def _frame_count(video: Path):
+    """The video's frame count, or the VideoDecodeError that reading it raised (returned, to be reported in line
+    order)."""
+    from pixelwizard.video import VideoDecodeError, probe_video
+
     try:
         return probe_video(video).frames
     except VideoDecodeError as exc:
