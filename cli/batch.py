@@ -41,27 +41,31 @@ def _quiet_prefect() -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     from pixelwizard.bundle import ModelFolderError
     from pixelwizard.devices import DeviceError
     from pixelwizard.presets import PresetError
     from storage.errors import DatabaseError, StorageError
 
-    return (ModelFolderError, DeviceError, PresetError, DatabaseError, StorageError, ValueError, FileNotFoundError)
+    return (ModelFolderError, DeviceError, PresetError, DatabaseError, StorageError, ValueError, FileNotFoundError,
+            OperationalError, InterfaceError)
 
 
 class _ReportedOnOneLine(logging.Filter):
     """Drops Prefect's error records of a run that raised a known error (its traceback, then its "Finished in state
-    Failed" line): the CLI reports that error on one line itself. Any other error keeps Prefect's traceback."""
+    Failed" line): the CLI reports that error on one line itself, or the worker loop logs it as a try it will make
+    again (a transient error). Any other error keeps Prefect's traceback."""
 
     def __init__(self) -> None:
         super().__init__()
         self._runs: set[str | None] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flows.stage_runner import StopRequested  # a worker stopped by Ctrl-C: the command exits 130 itself
+        from flows.stage_runner import TRANSIENT_ERRORS, StopRequested  # StopRequested: Ctrl-C, the command exits 130
 
         run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
-        if record.exc_info and isinstance(record.exc_info[1], (*_known_errors(), StopRequested)):
+        if record.exc_info and isinstance(record.exc_info[1], (*_known_errors(), *TRANSIENT_ERRORS, StopRequested)):
             self._runs.add(run)
             return False
         return not (record.levelno >= logging.ERROR and run in self._runs)
@@ -157,9 +161,10 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if "anchors" in report:
         a = report["anchors"]
         console.print(f"anchors this run: {a['generated']} generated, {a['cached']} from the cache")
-    stages = Table("stage", "succeeded", "failed", "crashed", "seconds")
+    outcomes = ("succeeded", "failed", "crashed", "interrupted")
+    stages = Table("stage", *outcomes, "seconds")
     for stage, entry in report["stages"].items():
-        stages.add_row(stage, *(str(entry.get(k, 0)) for k in ("succeeded", "failed", "crashed")),
+        stages.add_row(stage, *(str(entry.get(k, 0)) for k in outcomes),
                        f"{entry['seconds']:.1f}")
     console.print(stages)
     console.print(f"wall time {report['wall_seconds']:.1f} s")
@@ -332,7 +337,7 @@ def resume(
     batch_id: int, workers: Workers = 1, model: Model = None, device: Device = None, out: Out = Path("out"),
     as_json: AsJson = False,
 ) -> None:
-    """Requeue failed, cancelled and crashed jobs of a batch and run only what is missing."""
+    """Requeue failed, cancelled and stopped jobs of a batch and run only what is missing."""
     _resume(batch_id, workers, model, device, out, as_json, requeue_stopped_jobs=True)
 
 

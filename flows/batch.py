@@ -15,7 +15,7 @@ from prefect import flow, task
 from sqlalchemy import func, select
 
 from flows import resources
-from flows.stage_runner import STOPPING, TRANSIENT_ERRORS, give_up_stage, request_stop, retry_delay
+from flows.stage_runner import STOPPING, TRANSIENT_ERRORS, give_up_stage, request_stop, retry_delay, through_outage
 from flows.summary import batch_report
 from flows.tasks import anchor_job, render_job
 from storage.jobs import claim_next_job
@@ -35,19 +35,24 @@ def _drain(
     process: Callable[[int], Any],
 ) -> list[Any]:
     """Claim and process jobs until none is ready and no other worker still holds one. A failed stage is given up
-    (tried again later, or the job failed at its limit); after a transient failure the worker backs off first."""
+    (tried again later, or the job failed at its limit); after a transient failure the worker backs off first. While
+    the database is out of reach the loop waits for it, up to the worker settings' ``outage_seconds``."""
     factory, settings = resources.database(), resources.worker_settings()
     ready, working = list(ready), list(working)
     results = []
     transient_in_a_row = 0
+
+    def busy() -> int:
+        with factory() as session:
+            return session.scalar(
+                select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status.in_(working))
+            )
+
     while not STOPPING.is_set():
-        job = claim_next_job(factory, batch_id, worker, settings.lease_seconds, ready)
+        job = through_outage(lambda: claim_next_job(factory, batch_id, worker, settings.lease_seconds, ready),
+                             settings.outage_seconds)
         if job is None:
-            with factory() as session:
-                busy = session.scalar(
-                    select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status.in_(working))
-                )
-            if not busy:
+            if not through_outage(busy, settings.outage_seconds):
                 return results
             time.sleep(settings.poll_seconds)  # another worker's job: wait for it to finish or expire
             continue
@@ -55,7 +60,8 @@ def _drain(
             results.append(process(job.id))
             transient_in_a_row = 0
         except Exception as exc:
-            give_up_stage(factory, job.id, worker, exc, settings.max_attempts)
+            through_outage(lambda: give_up_stage(factory, job.id, worker, exc, settings.max_attempts),
+                           settings.outage_seconds)
             transient_in_a_row = transient_in_a_row + 1 if isinstance(exc, TRANSIENT_ERRORS) else 0
             STOPPING.wait(retry_delay(exc, transient_in_a_row))  # a stop cuts the backoff short
     return results
@@ -282,6 +288,8 @@ def _jobs_without_their_video(session, batch_id: int) -> list[int]:
 
 
 def _summary(batch_id: int, anchor_counts: dict[str, int]) -> dict[str, Any]:
-    with resources.database().begin() as session:
-        report = batch_report(session, batch_id)
-    return {**report, "anchors": anchor_counts}
+    def report() -> dict[str, Any]:
+        with resources.database().begin() as session:
+            return batch_report(session, batch_id)
+
+    return {**through_outage(report, resources.worker_settings().outage_seconds), "anchors": anchor_counts}

@@ -11,14 +11,17 @@ from functools import lru_cache
 
 LEASE_SECONDS_ENV = "PIXELWIZARD_LEASE_SECONDS"
 MAX_ATTEMPTS_ENV = "PIXELWIZARD_MAX_ATTEMPTS"
+DB_OUTAGE_SECONDS_ENV = "PIXELWIZARD_DB_OUTAGE_SECONDS"
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """How long a lease lasts, how often it is renewed, and how many tries a stage gets."""
+    """How long a lease lasts, how often it is renewed, how many tries a stage gets, and how long a worker waits for
+    a database that went away before it gives up."""
 
     lease_seconds: float
     max_attempts: int
+    outage_seconds: float = 600.0
     poll_seconds: float = 1.0
 
     @property
@@ -27,18 +30,27 @@ class WorkerSettings:
 
 
 def worker_settings() -> WorkerSettings:
-    """Settings from ``$PIXELWIZARD_LEASE_SECONDS`` (default 120) and ``$PIXELWIZARD_MAX_ATTEMPTS`` (3); a
-    ValueError naming the variable for a value that is not a number of seconds > 0 or a whole number >= 1."""
-    raw_lease, raw_attempts = os.environ.get(LEASE_SECONDS_ENV, "120"), os.environ.get(MAX_ATTEMPTS_ENV, "3")
-    try:
-        lease = float(raw_lease)
-    except ValueError:
-        lease = math.nan
-    if not (math.isfinite(lease) and lease > 0):
-        raise ValueError(f"{LEASE_SECONDS_ENV}={raw_lease!r}: expected a number of seconds > 0")
+    """Settings from ``$PIXELWIZARD_LEASE_SECONDS`` (default 120), ``$PIXELWIZARD_MAX_ATTEMPTS`` (3) and
+    ``$PIXELWIZARD_DB_OUTAGE_SECONDS`` (600); a ValueError naming the variable for a value that is not a number of
+    seconds (> 0 for the lease, >= 0 for the outage) or a whole number >= 1."""
+    lease = _seconds(LEASE_SECONDS_ENV, "120", minimum_excluded=True)
+    outage = _seconds(DB_OUTAGE_SECONDS_ENV, "600", minimum_excluded=False)
+    raw_attempts = os.environ.get(MAX_ATTEMPTS_ENV, "3")
     if not (raw_attempts.strip().isdigit() and int(raw_attempts) >= 1):
         raise ValueError(f"{MAX_ATTEMPTS_ENV}={raw_attempts!r}: expected a whole number >= 1")
-    return WorkerSettings(lease_seconds=lease, max_attempts=int(raw_attempts))
+    return WorkerSettings(lease_seconds=lease, max_attempts=int(raw_attempts), outage_seconds=outage)
+
+
+def _seconds(name: str, default: str, *, minimum_excluded: bool) -> float:
+    """The finite number of seconds in ``$name`` (> 0, or >= 0 unless ``minimum_excluded``)."""
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value > 0 if minimum_excluded else value >= 0)):
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds {'>' if minimum_excluded else '>='} 0")
+    return value
 
 
 def _this_host() -> str:

@@ -3,23 +3,30 @@
 A stage moves a job from a ready status to the working status, does the work while a
 background thread renews the lease, records the artifact, and moves the job on. A failed stage
 falls back to its ready status for another try, until the job has failed that stage
-``max_attempts`` times (crashes included); then the job is failed with the error. A transient failure
-(store, network, database) waits a backoff before the next try.
+``max_attempts`` times (crashes included, interruptions from outside the job not); then the job is failed with the
+error. A transient failure
+(store, network, database) waits a backoff before the next try. While the database itself cannot be reached, the
+bookkeeping around the stages waits for it (``through_outage``) rather than ending the worker.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.enums import EXPIRED_LEASE_FALLBACK, TERMINAL_STATUSES
+from storage.database import is_connection_error
 from storage.errors import DatabaseUnavailableError, StaleJobError, StorageError
-from storage.jobs import finish_attempt, heartbeat, record_artifact, release, start_attempt, transition
+from storage.jobs import (
+    close_running_attempts, finish_attempt, heartbeat, record_artifact, release, start_attempt, transition,
+)
 from storage.models import ArtifactKind, Attempt, AttemptOutcome, Job, JobStatus
 from storage.object_store import StoredObject
 
@@ -45,8 +52,11 @@ def request_stop() -> None:
     STOPPING.set()
 
 
-TRANSIENT_ERRORS = (StorageError, DatabaseUnavailableError, ConnectionError, TimeoutError)
+TRANSIENT_ERRORS = (StorageError, DatabaseUnavailableError, OperationalError, InterfaceError, ConnectionError,
+                    TimeoutError)
 MAX_BACKOFF_SECONDS = 60.0
+MAX_OUTAGE_WAIT_SECONDS = 30.0
+T = TypeVar("T")
 
 
 def retry_delay(error: BaseException, transient_in_a_row: int) -> float:
@@ -55,6 +65,30 @@ def retry_delay(error: BaseException, transient_in_a_row: int) -> float:
     if not isinstance(error, TRANSIENT_ERRORS):
         return 0.0
     return min(MAX_BACKOFF_SECONDS, 2.0 ** (transient_in_a_row - 1))
+
+
+def through_outage(call: Callable[[], T], outage_seconds: float) -> T:
+    """``call()``, called again after 1, 2, 4 ... s (at most 30) while it fails because the database cannot be
+    reached (a restart, a failover, a network cut), for up to ``outage_seconds`` in all; then DatabaseUnavailableError.
+    A stop of the process ends the wait with StopRequested. ``call`` must be one transaction, safe to run again."""
+    started, tries = time.monotonic(), 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            waited = time.monotonic() - started
+            if waited >= outage_seconds:
+                raise DatabaseUnavailableError(
+                    f"the database was out of reach for {waited:.0f} s, longer than the {outage_seconds:g} s a "
+                    f"worker waits: {one_line(getattr(exc, 'orig', None) or exc)}"
+                ) from exc
+            tries += 1
+            delay = min(MAX_OUTAGE_WAIT_SECONDS, 2.0 ** (tries - 1), outage_seconds - waited)
+            log.warning("database out of reach (%s); trying again in %.0f s", one_line(exc), delay)
+            if STOPPING.wait(delay):
+                raise StopRequested("the worker's process is stopping") from exc
 
 
 def one_line(exc: BaseException) -> str:
@@ -121,7 +155,7 @@ def run_stage(
     Re-entrant: a job already in ``stage`` under this worker's lease (a task retry) restarts
     the stage. ``work(job, check)`` should call ``check()`` between its steps: it raises once the lease is lost or
     the process stops. Exceptions from ``work`` propagate after the attempt is recorded as failed (unless a cancel or
-    an expiry closed it first); when the process stops (Ctrl-C, SIGTERM) it is recorded as crashed and the job is
+    an expiry closed it first); when the process stops (Ctrl-C, SIGTERM) it is recorded as interrupted and the job is
     handed back to the status before the stage at once.
     """
     _, after, kind = STAGES[stage]
@@ -142,7 +176,7 @@ def run_stage(
                     job = session.get(Job, job_id)  # (the job before its attempt: every writer's lock order)
                     transition(session, job, STAGES[stage][0], worker=worker, error=f"worker stopped during {stage}")
                     release(session, job, worker)
-                finish_attempt(session, attempt, AttemptOutcome.crashed if stopped else AttemptOutcome.failed,
+                finish_attempt(session, attempt, AttemptOutcome.interrupted if stopped else AttemptOutcome.failed,
                                error=one_line(exc))
         except StaleJobError:  # already closed, as cancelled or crashed, by whoever took the lease
             pass
@@ -174,13 +208,20 @@ def failed_attempts(session: Session, job: Job, stage: JobStatus) -> int:
 def give_up_stage(
     factory: sessionmaker[Session], job_id: int, worker: str, error: BaseException, max_attempts: int
 ) -> JobStatus:
-    """After a stage failed for good in this worker: retry later, or fail the job at the limit."""
+    """After a stage failed for good in this worker: retry later, or fail the job at the limit. Attempts the failure
+    left running (their closing never reached the database) are closed, as interrupted if the database was what
+    failed, and a job claimed but not started is released."""
     with factory.begin() as session:
         job = session.get(Job, job_id)
         stage = JobStatus(job.status)
-        if stage not in STAGES or job.lease_owner != worker:
+        if job.lease_owner != worker:
             return stage  # the lease went to someone else meanwhile; nothing of ours to undo
         message = one_line(error)
+        outcome = AttemptOutcome.interrupted if is_connection_error(error) else AttemptOutcome.failed
+        close_running_attempts(session, job, worker, outcome, message)
+        if stage not in STAGES:  # its start never reached the database
+            release(session, job, worker)
+            return stage
         if failed_attempts(session, job, stage) >= max_attempts:
             transition(session, job, JobStatus.failed, worker=worker, error=message)
             log.error("job %s failed %s %d times; giving up: %s", job_id, stage, max_attempts, message)
@@ -188,4 +229,3 @@ def give_up_stage(
         transition(session, job, EXPIRED_LEASE_FALLBACK[stage], worker=worker, error=message)
         release(session, job, worker)
         return EXPIRED_LEASE_FALLBACK[stage]
-

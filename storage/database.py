@@ -14,13 +14,15 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import settings
 from storage.errors import DatabaseUnavailableError
 
-__all__ = ["DatabaseUnavailableError", "check_connection", "create_db_engine", "open_database", "safe_url"]
+__all__ = [
+    "DatabaseUnavailableError", "check_connection", "create_db_engine", "is_connection_error", "open_database", "safe_url"
+]
 
 SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 5
@@ -66,6 +68,14 @@ def check_connection(engine: Engine) -> None:
         raise DatabaseUnavailableError(
             f"cannot connect to database {safe_url(engine.url)}: {_one_line(err.orig or err)}"
         ) from None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached, dropped the connection or was busy (worth trying
+    again once it is back), rather than that a statement was wrong."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 def open_database(url: str | None = None, *, migrate: bool = True) -> sessionmaker[Session]:

@@ -33,12 +33,15 @@ class JobStatus(StrEnum):
 
 
 class AttemptOutcome(StrEnum):
-    """Result of one worker's try at one stage of a job."""
+    """Result of one worker's try at one stage of a job. ``crashed``: its worker's lease ran out (the process died,
+    perhaps of the job). ``interrupted``: stopped by something outside the job (Ctrl-C or SIGTERM, the database
+    going away); not counted against the job's limit of tries."""
 
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
     crashed = "crashed"
+    interrupted = "interrupted"
 
 
 class ArtifactKind(StrEnum):

@@ -439,6 +439,17 @@ def finish_attempt(session: Session, attempt: Attempt, outcome: AttemptOutcome, 
     return attempt
 
 
+def close_running_attempts(session: Session, job: Job, worker: str, outcome: AttemptOutcome, error: str) -> int:
+    """Close ``worker``'s attempts on ``job`` that are still running with ``outcome`` and ``error``: those whose own
+    closing never reached the database (it went away mid-stage). Returns how many."""
+    return _run_update(
+        session,
+        update(Attempt)
+        .where(Attempt.job_id == job.id, Attempt.worker == worker, Attempt.outcome == AttemptOutcome.running)
+        .values(outcome=AttemptOutcome(outcome), finished_at=utcnow(), error=error),
+    )
+
+
 def record_artifact(session: Session, job_id: int, kind: ArtifactKind, stored: StoredObject) -> Artifact:
     """Record (or replace) the job's artifact of ``kind`` from a stored object's URI, size and digest."""
     kind = ArtifactKind(kind)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -171,3 +173,77 @@ def s3_bucket(moto_endpoint: str, aws_env: None) -> S3Bucket:
     name = f"pw-test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     return S3Bucket(moto_endpoint, name, client)
+
+
+class CuttableProxy:
+    """A TCP relay on a free 127.0.0.1 port to ``target``, which a test can cut off and restore, as a network
+    failure or a database failover would: ``cut()`` breaks every open connection and refuses new ones (each counted
+    in ``refused``) until ``restore()``. Real sockets both ways; only the outage is staged."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.refused = target, 0
+        self._cut = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            if self._cut.is_set():
+                self.refused += 1
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            with self._lock:
+                self._open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            self._drop(sock)
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+@pytest.fixture
+def pg_proxy(pg_url: str) -> Iterator[tuple[CuttableProxy, str]]:
+    """A ``CuttableProxy`` to the test PostgreSQL server and ``pg_url`` routed through it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
+    yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy.close()

@@ -422,7 +422,7 @@ def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_on
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     with resources.database()() as session:
-        assert session.get(Attempt, rendering.id).outcome == AttemptOutcome.crashed
+        assert session.get(Attempt, rendering.id).outcome == AttemptOutcome.interrupted  # not counted as a try
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(1))
 
 
@@ -460,6 +460,79 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.done] * 2
+
+def _wait_for_a_running_render(process) -> tuple[Attempt, int]:
+    """The first detail or encoding attempt (a render worker's) of a child's batch once it runs, and the batch's id."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        try:
+            with resources.database()() as session:
+                running = session.scalars(select(Attempt).where(
+                    Attempt.stage.in_([JobStatus.rendering, JobStatus.encoding]),
+                    Attempt.outcome == AttemptOutcome.running)).first()
+                if running is not None:
+                    return running, session.get(Job, running.job_id).batch_id
+        except Exception:  # the database's schema is made by the child; it may not be there yet
+            continue
+    raise AssertionError(f"no render started: {process.communicate()[0]}")
+
+
+@pytest.mark.postgres
+def test_a_database_outage_mid_batch_is_waited_out_and_the_batch_finishes(env, model, tmp_path, pg_proxy):
+    """The batch's connections to a real PostgreSQL server are cut for 8 s while a stage runs (a failover, say):
+    the stage that ends in the outage cannot record itself, its worker waits for the database, closes the try as
+    interrupted (not counted: one try per stage is allowed here), and takes the job up again from the stored latent.
+    Before, the batch failed on the first lost query."""
+    proxy, proxied_url = pg_proxy
+    out = tmp_path / "out"
+    process = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url, "PIXELWIZARD_MAX_ATTEMPTS": "1"}, "batch", "run",
+                      str(write_prompts(tmp_path / "p.txt")), "--model", model, "--out", str(out),
+                      "--set", "num_frames=9", "--set", "anchor_steps=3")
+    victim, batch_id = _wait_for_a_running_render(process)  # read through our own, direct connection
+    proxy.cut()
+    time.sleep(8)  # far longer than a stage here, so the stage ends inside the outage
+    assert proxy.refused > 0  # the batch did try the database meanwhile
+    proxy.restore()
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    attempts = attempts_of(batch_id)
+    assert not [a for a in attempts if a.outcome == AttemptOutcome.running]
+    assert not [a for a in attempts if a.outcome in (AttemptOutcome.failed, AttemptOutcome.crashed)]
+    interrupted = [a for a in attempts if a.outcome == AttemptOutcome.interrupted]
+    assert [a.id for a in interrupted] == [victim.id] and interrupted[0].error.startswith("OperationalError")
+    assert [j.status for j in jobs_of(batch_id)] == [JobStatus.done] * 4
+    details = [k for k in resources.cache().store.list("details/") if not k.endswith(".json")]
+    assert len(details) == 4  # each job's detail latent rendered and stored once
+    assert len([k for k in resources.cache().store.list("videos/") if k.endswith(".mp4")]) == 4
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
+
+
+@pytest.mark.postgres
+def test_a_database_outage_longer_than_the_wait_ends_the_batch_on_one_line_and_resume_finishes_it(
+        env, model, tmp_path, pg_proxy):
+    proxy, proxied_url = pg_proxy
+    out = tmp_path / "out"
+    process = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url, "PIXELWIZARD_DB_OUTAGE_SECONDS": "3"},
+                      "batch", "run", str(write_prompts(tmp_path / "p.txt")), "--model", model, "--out", str(out),
+                      "--set", "num_frames=9", "--set", "anchor_steps=3")
+    _, batch_id = _wait_for_a_running_render(process)
+    proxy.cut()
+    output, _ = process.communicate(timeout=120)
+    proxy.restore()
+    assert process.returncode != 0
+    [error] = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "the database was out of reach for" in error and "longer than the 3 s a worker waits" in error, output
+    assert "Traceback" not in output
+
+    resumed = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url}, "batch", "resume", str(batch_id),
+                      "--model", model, "--out", str(out))
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert [j.status for j in jobs_of(batch_id)] == [JobStatus.done] * 4
+    assert not [a for a in attempts_of(batch_id) if a.outcome == AttemptOutcome.running]
+
 
 def _flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
