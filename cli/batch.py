@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -122,29 +123,48 @@ def _watch(stop: threading.Event, batch_id: int | None) -> None:
                             description=working or "")
 
 
-def _export(report: dict[str, Any], out: Path) -> list[str]:
-    """Copy the batch's finished videos to ``out/<prompt id>.mp4``, each verified and renamed into place; one line
-    for each that could not be (a corrupt one is quarantined, and ``batch resume`` encodes it again)."""
+def _export(report: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
+    """Copy the batch's finished videos to ``out/<prompt id>.mp4``, each verified and renamed into place. Returns one
+    line for each that could not be (a corrupt one is quarantined, and ``batch resume`` encodes it again), and the
+    names of the files there that held another video (an earlier batch's with the same prompt id) and were replaced."""
     from flows import resources
     from flows.summary import video_cache_key
+    from storage.models import ArtifactKind
 
     out.mkdir(parents=True, exist_ok=True)
     cache = resources.cache()
-    problems = []
+    problems, replaced = [], []
     for item in report["outputs"]:
+        key, dest = video_cache_key(item["uri"]), out / f"{item['prompt_id']}.mp4"
         try:
-            if cache.get_video(video_cache_key(item["uri"]), out / f"{item['prompt_id']}.mp4") is None:
+            stored = cache.entry_object(ArtifactKind.video, key)
+            another = stored is not None and _holds_other_bytes(dest, stored.sha256)
+            if cache.get_video(key, dest) is None:
                 problems.append(f"the video of {item['prompt_id']} is missing or failed its check (quarantined); "
                                 f"'pixelwizard batch resume {report['batch_id']}' encodes it again")
+            elif another:
+                replaced.append(dest.name)
         except _known_errors() as exc:
             problems.append(f"{item['prompt_id']}: {first_line(exc)}")
-    return problems
+    return problems, replaced
+
+
+def _holds_other_bytes(path: Path, sha256: str) -> bool:
+    """Whether ``path`` is a file whose SHA-256 is not ``sha256``."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest() != sha256
 
 
 def _finish(report: dict[str, Any], as_json: bool, out: Path | None) -> None:
     _print_report(report, as_json)
     if out is not None:
-        problems = _export(report, out)
+        problems, replaced = _export(report, out)
+        if replaced:  # never silently: the earlier batch's videos stay in the store, under their own keys
+            shown = ", ".join(replaced[:3]) + (f" and {len(replaced) - 3} more" if len(replaced) > 3 else "")
+            typer.echo(f"note: {len(replaced)} file(s) in {out} held another batch's video and were replaced: {shown}",
+                       err=True)
         if problems:
             fail(f"{len(problems)} of {len(report['outputs'])} video(s) not copied to {out}: {problems[0]}", EXIT_FAILURE)
     status = report["status"]

@@ -578,6 +578,32 @@ def test_a_corrupt_cached_video_is_never_reused_or_exported_and_resume_encodes_i
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs)
     assert all(read_video(p).shape == (5, 64, 128, 3) for p in out.iterdir())
 
+def test_an_export_over_another_batchs_video_of_the_same_prompt_replaces_it_and_says_so(env, model, tmp_path,
+                                                                                       monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    out, source = tmp_path / "out", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2]))
+    first = nightly_batch(source, "tiny", model=model, seed=0, overrides=SMALL)
+    second = nightly_batch(source, "tiny", model=model, seed=1, overrides=SMALL)  # same prompt ids, other videos
+    export = lambda batch: CliRunner().invoke(app, ["batch", "resume", str(batch["batch_id"]), "--model", model,
+                                                    "--out", str(out)])
+    names = [f"{o['prompt_id']}.mp4" for o in second["outputs"]]  # in job order
+
+    result = export(first)
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.output
+    result = export(second)
+    assert result.exit_code == 0, result.output
+    [note] = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert note == f"note: 2 file(s) in {out} held another batch's video and were replaced: {', '.join(names)}"
+    for output in second["outputs"]:
+        assert (out / f"{output['prompt_id']}.mp4").read_bytes() == Path(output["uri"].removeprefix("file://")).read_bytes()
+    result = export(second)  # the same videos again: nothing to say
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
