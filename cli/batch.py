@@ -123,19 +123,26 @@ def _watch(stop: threading.Event, batch_id: int | None) -> None:
                             description=working or "")
 
 
-def _export(report: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
+def _export(report: dict[str, Any], out: Path, job: int | None = None) -> tuple[list[str], list[str]]:
     """Copy the batch's finished videos to ``out/<prompt id>.mp4``, each verified and renamed into place. Returns one
     line for each that could not be (a corrupt one is quarantined, and ``batch resume`` encodes it again), and the
-    names of the files there that held another video (an earlier batch's with the same prompt id) and were replaced."""
+    names of the files there that held another video (an earlier batch's with the same prompt id) and were replaced.
+    With ``job``, only that job's video."""
     from flows import resources
     from flows.summary import video_cache_key
     from storage.models import ArtifactKind
 
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = [item for item in report["outputs"] if job is None or item["job_id"] == job]
+    if outputs:  # the folder is made only once there is something to put there
+        out.mkdir(parents=True, exist_ok=True)
     cache = resources.cache()
     problems, replaced = [], []
-    for item in report["outputs"]:
+    for item in outputs:
         key, dest = video_cache_key(item["uri"]), out / f"{item['prompt_id']}.mp4"
+        if cache.payload_uri(ArtifactKind.video, key) != item["uri"]:
+            problems.append(f"the video of {item['prompt_id']} is stored at {item['uri']}, not in the object store "
+                            "this command uses: set PIXELWIZARD_STORE_URL to the batch's store")
+            continue
         try:
             stored = cache.entry_object(ArtifactKind.video, key)
             another = stored is not None and _holds_other_bytes(dest, stored.sha256)
@@ -157,16 +164,17 @@ def _holds_other_bytes(path: Path, sha256: str) -> bool:
         return hashlib.file_digest(file, "sha256").hexdigest() != sha256
 
 
-def _finish(report: dict[str, Any], as_json: bool, out: Path | None) -> None:
+def _finish(report: dict[str, Any], as_json: bool, out: Path | None, export_job: int | None = None) -> None:
     _print_report(report, as_json)
     if out is not None:
-        problems, replaced = _export(report, out)
+        problems, replaced = _export(report, out, export_job)
         if replaced:  # never silently: the earlier batch's videos stay in the store, under their own keys
             shown = ", ".join(replaced[:3]) + (f" and {len(replaced) - 3} more" if len(replaced) > 3 else "")
             typer.echo(f"note: {len(replaced)} file(s) in {out} held another batch's video and were replaced: {shown}",
                        err=True)
         if problems:
-            fail(f"{len(problems)} of {len(report['outputs'])} video(s) not copied to {out}: {problems[0]}", EXIT_FAILURE)
+            total = sum(export_job is None or item["job_id"] == export_job for item in report["outputs"])
+            fail(f"{len(problems)} of {total} video(s) not copied to {out}: {problems[0]}", EXIT_FAILURE)
     status = report["status"]
     raise typer.Exit(EXIT_OK if status == "done" else EXIT_PARTIAL if status == "partial" else EXIT_FAILURE)
 
@@ -271,16 +279,24 @@ def submit(
     override: Overrides = None,
     deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
 ) -> None:
-    """Start the batch on the Prefect server's deployment and print the flow run id."""
+    """Start the batch on the Prefect server's deployment and print the flow run id. The prompt file is read and
+    checked here first, so a missing or malformed one is refused now rather than failing on a worker tonight."""
     _quiet_prefect()
     from flows.batch import prefect_api_configured
-    from pixelwizard.presets import PresetError, get_preset
+    from flows.ingestion import FORMATS, prompt_format
+    from pixelwizard.presets import get_preset
+    from pixelwizard.prompts import parse_prompts
+    from storage.sources import read_source
 
     overrides = _parse_overrides(override or [])
     try:
         get_preset(preset).with_overrides(**overrides)
-    except PresetError as exc:
-        fail(str(exc))
+        parse_prompts(read_source(file), file, FORMATS[prompt_format(file)])
+    except _known_errors() as exc:
+        fail(first_line(exc))
+    flow_name, slash, deployment_name = deployment.partition("/")
+    if not (flow_name and slash and deployment_name) or "/" in deployment_name:
+        fail(f"--deployment must be FLOW/DEPLOYMENT (as 'prefect deployment ls' shows it), got {deployment!r}")
     if not prefect_api_configured():
         fail("no Prefect API configured: set PREFECT_API_URL (see docs/deployment.md)")
     from prefect.deployments import run_deployment
@@ -292,7 +308,10 @@ def submit(
 
     try:
         run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
-    except (httpx.HTTPError, ObjectNotFound, PrefectHTTPStatusError) as exc:  # no server there, or no such deployment
+    except ObjectNotFound:
+        fail(f"no deployment {deployment} on {_api_url()}: deploy it first ('prefect deploy --all', see "
+             "docs/deployment.md)", EXIT_FAILURE)
+    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # no server there, or it refused
         fail(f"cannot start {deployment} on {_api_url()}: {first_line(exc)}", EXIT_FAILURE)
     typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment}")
 
@@ -327,7 +346,8 @@ def _report(batch_id: int) -> dict[str, Any]:
 
 
 @batch_app.command("list")
-def list_batches(as_json: AsJson = False, limit: int = 20) -> None:
+def list_batches(as_json: AsJson = False,
+                 limit: Annotated[int, typer.Option(min=1, help="How many batches to show.")] = 20) -> None:
     """The newest batches."""
     from sqlalchemy import select
 
@@ -362,8 +382,9 @@ def resume(
 
 
 def _resume(batch_id: int, workers: int, model: str | None, device: str | None, out: Path | None, as_json: bool,
-            *, requeue_stopped_jobs: bool, once_checked=None) -> None:
-    """Check everything the run needs, call ``once_checked()`` if given (``jobs retry``: requeue its job), run."""
+            *, requeue_stopped_jobs: bool, once_checked=None, export_job: int | None = None) -> None:
+    """Check everything the run needs, call ``once_checked()`` if given (``jobs retry``: requeue its job), run, and
+    copy the batch's videos (or only ``export_job``'s) to ``out``."""
     _quiet_prefect()
     from flows.batch import check_batch_model, resume_batch
 
@@ -373,7 +394,7 @@ def _resume(batch_id: int, workers: int, model: str | None, device: str | None, 
         once_checked()
     report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_stopped_jobs=requeue_stopped_jobs),
                        batch_hint=batch_id)
-    _finish(report, as_json, out)
+    _finish(report, as_json, out, export_job)
 
 
 @batch_app.command("cancel")
@@ -427,9 +448,11 @@ def _job(job_id: int):
 
 @jobs_app.command("retry")
 def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", help="Resume the batch now.")] = True,
-          model: Model = None, device: Device = None) -> None:
+          model: Model = None, device: Device = None,
+          out: Annotated[Optional[Path], typer.Option(help="Also copy the job's video to OUT/<prompt id>.mp4.")] = Path(
+              "out")) -> None:
     """Requeue one failed or cancelled job with a fresh count of attempts and, by default, run it (not the batch's
-    other failed jobs)."""
+    other failed jobs) and copy its video to ``--out``."""
     from flows import resources
     from storage.enums import STOPPED_STATUSES
     from storage.jobs import requeue_stopped
@@ -449,21 +472,27 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
         typer.echo(f"job {job_id} requeued in batch {batch_id}")
 
     if run_now:  # everything the run needs is checked before the job is touched
-        _resume(batch_id, 1, model, device, Path("out"), False, requeue_stopped_jobs=False, once_checked=requeue)
+        _resume(batch_id, 1, model, device, out, False, requeue_stopped_jobs=False, once_checked=requeue,
+                export_job=job_id)
     else:
         requeue()
 
 
 @cache_app.command("ls")
 def cache_ls(prefix: Annotated[str, typer.Argument(help="anchors, details, videos or quarantine.")] = "") -> None:
-    """List cached objects with their sizes."""
+    """List cached objects with their sizes; an object PixelWizard did not write (no checksum of ours) is flagged."""
     from flows import resources
+    from storage.errors import CorruptObjectError
 
     total = 0
     try:
         store = resources.cache().store
         for key in store.list(prefix):
-            size = store.stat(key).size
+            try:
+                size = store.stat(key).size
+            except CorruptObjectError:  # put there by hand, say a prompt file under the store's prefix
+                typer.echo(f"{'?':>12}  {key}  (not written by PixelWizard: no checksum)")
+                continue
             total += size
             typer.echo(f"{size:>12}  {key}")
     except _known_errors() as exc:

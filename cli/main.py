@@ -62,7 +62,7 @@ def run() -> None:
     except click_errors.ClickException as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}", markup=True)
         sys.exit(exc.exit_code)
-    except click_errors.Abort:  # end of input where a prompt wanted some
+    except typer.Abort:  # end of input where a prompt wanted some (Typer's own class, not its Click copy's)
         err_console.print("Aborted!")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

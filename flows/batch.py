@@ -15,7 +15,10 @@ from prefect import flow, task
 from sqlalchemy import func, select
 
 from flows import resources
-from flows.stage_runner import STOPPING, TRANSIENT_ERRORS, give_up_stage, request_stop, retry_delay, through_outage
+from flows.stage_runner import (
+    STOPPING, TRANSIENT_ERRORS, give_up_stage, is_outage, outage_too_long, request_stop, retry_delay,
+    through_outage,
+)
 from flows.summary import batch_report
 from flows.tasks import anchor_job, render_job
 from storage.jobs import claim_next_job
@@ -36,11 +39,12 @@ def _drain(
 ) -> list[Any]:
     """Claim and process jobs until none is ready and no other worker still holds one. A failed stage is given up
     (tried again later, or the job failed at its limit); after a transient failure the worker backs off first. While
-    the database is out of reach the loop waits for it, up to the worker settings' ``outage_seconds``."""
+    the database or the object store is out of reach the loop waits for it, up to the worker settings'
+    ``outage_seconds``; then the outage's error ends it."""
     factory, settings = resources.database(), resources.worker_settings()
     ready, working = list(ready), list(working)
     results = []
-    transient_in_a_row = 0
+    transient_in_a_row, outage_since = 0, None
 
     def busy() -> int:
         with factory() as session:
@@ -58,10 +62,13 @@ def _drain(
             continue
         try:
             results.append(process(job.id))
-            transient_in_a_row = 0
+            transient_in_a_row, outage_since = 0, None
         except Exception as exc:
             through_outage(lambda: give_up_stage(factory, job.id, worker, exc, settings.max_attempts),
                            settings.outage_seconds)
+            outage_since = (outage_since or time.monotonic()) if is_outage(exc) else None
+            if outage_since is not None and time.monotonic() - outage_since > settings.outage_seconds:
+                raise outage_too_long(exc, time.monotonic() - outage_since, settings.outage_seconds) from exc
             transient_in_a_row = transient_in_a_row + 1 if isinstance(exc, TRANSIENT_ERRORS) else 0
             STOPPING.wait(retry_delay(exc, transient_in_a_row))  # a stop cuts the backoff short
     return results
@@ -275,7 +282,8 @@ def _gone_workers(session, batch_id: int) -> list[str]:
 
 
 def _jobs_without_their_video(session, batch_id: int) -> list[int]:
-    """Done jobs of the batch whose recorded video is no longer in the store (an export quarantined it as corrupt)."""
+    """Done jobs of the batch whose recorded video is no longer in the store (an export quarantined it as corrupt).
+    A video recorded in another store (the command was given the wrong one) is not lost, and is not made again."""
     from flows.summary import video_cache_key
     from storage.models import Artifact, ArtifactKind
 
@@ -284,7 +292,8 @@ def _jobs_without_their_video(session, batch_id: int) -> list[int]:
         select(Job.id, Artifact.uri).join(Artifact, Artifact.job_id == Job.id)
         .where(Job.batch_id == batch_id, Job.status == JobStatus.done, Artifact.kind == ArtifactKind.video)
     ).all()
-    return [job_id for job_id, uri in rows if cache.entry_object(ArtifactKind.video, video_cache_key(uri)) is None]
+    return [job_id for job_id, uri in rows if cache.payload_uri(ArtifactKind.video, video_cache_key(uri)) == uri
+            and cache.entry_object(ArtifactKind.video, video_cache_key(uri)) is None]
 
 
 def _summary(batch_id: int, anchor_counts: dict[str, int]) -> dict[str, Any]:

@@ -16,13 +16,19 @@ from storage.sources import read_source
 FORMATS = {".txt": "txt", ".jsonl": "jsonl"}
 
 
+def prompt_format(source: str) -> str:
+    """The prompt file's suffix, one of ``FORMATS``; PromptFileError for any other."""
+    suffix = PurePosixPath(source).suffix.lower()
+    if suffix not in FORMATS:
+        raise PromptFileError(f"{source}: unknown prompt file type {suffix or '(none)'}; use .txt or .jsonl")
+    return suffix
+
+
 def read_batch_input(
     source: str, preset: str, model: str | None, overrides: dict[str, Any]
 ) -> tuple[bytes, list[PromptSpec], str]:
     """The prompt file's bytes and prompts and the model's revision, every input checked (one-line errors)."""
-    suffix = PurePosixPath(source.split("?", 1)[0]).suffix.lower()
-    if suffix not in FORMATS:
-        raise PromptFileError(f"{source}: unknown prompt file type {suffix or '(none)'}; use .txt or .jsonl")
+    suffix = prompt_format(source)
     data = read_source(source)
     specs = parse_prompts(data, source, FORMATS[suffix])
     get_preset(preset).with_overrides(**overrides)

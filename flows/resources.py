@@ -11,13 +11,13 @@ from functools import lru_cache
 
 LEASE_SECONDS_ENV = "PIXELWIZARD_LEASE_SECONDS"
 MAX_ATTEMPTS_ENV = "PIXELWIZARD_MAX_ATTEMPTS"
-DB_OUTAGE_SECONDS_ENV = "PIXELWIZARD_DB_OUTAGE_SECONDS"
+OUTAGE_SECONDS_ENV = "PIXELWIZARD_OUTAGE_SECONDS"
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     """How long a lease lasts, how often it is renewed, how many tries a stage gets, and how long a worker waits for
-    a database that went away before it gives up."""
+    a database or object store that went away before it gives up."""
 
     lease_seconds: float
     max_attempts: int
@@ -31,10 +31,10 @@ class WorkerSettings:
 
 def worker_settings() -> WorkerSettings:
     """Settings from ``$PIXELWIZARD_LEASE_SECONDS`` (default 120), ``$PIXELWIZARD_MAX_ATTEMPTS`` (3) and
-    ``$PIXELWIZARD_DB_OUTAGE_SECONDS`` (600); a ValueError naming the variable for a value that is not a number of
+    ``$PIXELWIZARD_OUTAGE_SECONDS`` (600); a ValueError naming the variable for a value that is not a number of
     seconds (> 0 for the lease, >= 0 for the outage) or a whole number >= 1."""
     lease = _seconds(LEASE_SECONDS_ENV, "120", minimum_excluded=True)
-    outage = _seconds(DB_OUTAGE_SECONDS_ENV, "600", minimum_excluded=False)
+    outage = _seconds(OUTAGE_SECONDS_ENV, "600", minimum_excluded=False)
     raw_attempts = os.environ.get(MAX_ATTEMPTS_ENV, "3")
     if not (raw_attempts.strip().isdigit() and int(raw_attempts) >= 1):
         raise ValueError(f"{MAX_ATTEMPTS_ENV}={raw_attempts!r}: expected a whole number >= 1")

@@ -5,8 +5,9 @@ background thread renews the lease, records the artifact, and moves the job on. 
 falls back to its ready status for another try, until the job has failed that stage
 ``max_attempts`` times (crashes included, interruptions from outside the job not); then the job is failed with the
 error. A transient failure
-(store, network, database) waits a backoff before the next try. While the database itself cannot be reached, the
-bookkeeping around the stages waits for it (``through_outage``) rather than ending the worker.
+(store, network, database) waits a backoff before the next try. An outage (the database or the object store not
+answering) is not the job's failure: its try is recorded interrupted and not counted, and while the database cannot be
+reached the bookkeeping around the stages waits for it (``through_outage``) rather than ending the worker.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.enums import EXPIRED_LEASE_FALLBACK, TERMINAL_STATUSES
 from storage.database import is_connection_error
-from storage.errors import DatabaseUnavailableError, StaleJobError, StorageError
+from storage.errors import DatabaseUnavailableError, StaleJobError, StorageError, StoreUnreachableError
 from storage.jobs import (
     close_running_attempts, finish_attempt, heartbeat, record_artifact, release, start_attempt, transition,
 )
@@ -67,6 +68,11 @@ def retry_delay(error: BaseException, transient_in_a_row: int) -> float:
     return min(MAX_BACKOFF_SECONDS, 2.0 ** (transient_in_a_row - 1))
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is a service not answering (the run database, the object store), not a failure of the job."""
+    return is_connection_error(exc) or isinstance(exc, StoreUnreachableError)
+
+
 def through_outage(call: Callable[[], T], outage_seconds: float) -> T:
     """``call()``, called again after 1, 2, 4 ... s (at most 30) while it fails because the database cannot be
     reached (a restart, a failover, a network cut), for up to ``outage_seconds`` in all; then DatabaseUnavailableError.
@@ -80,15 +86,23 @@ def through_outage(call: Callable[[], T], outage_seconds: float) -> T:
                 raise
             waited = time.monotonic() - started
             if waited >= outage_seconds:
-                raise DatabaseUnavailableError(
-                    f"the database was out of reach for {waited:.0f} s, longer than the {outage_seconds:g} s a "
-                    f"worker waits: {one_line(getattr(exc, 'orig', None) or exc)}"
-                ) from exc
+                raise outage_too_long(exc, waited, outage_seconds) from exc
             tries += 1
             delay = min(MAX_OUTAGE_WAIT_SECONDS, 2.0 ** (tries - 1), outage_seconds - waited)
             log.warning("database out of reach (%s); trying again in %.0f s", one_line(exc), delay)
             if STOPPING.wait(delay):
                 raise StopRequested("the worker's process is stopping") from exc
+
+
+def outage_too_long(exc: BaseException, waited: float, limit: float) -> DatabaseUnavailableError | StorageError:
+    """The one-line error that ends a worker whose database or object store (``exc``'s) was out of reach for longer
+    than it waits."""
+    store = isinstance(exc, StoreUnreachableError)
+    what = "object store" if store else "database"
+    return (StoreUnreachableError if store else DatabaseUnavailableError)(
+        f"the {what} was out of reach for {waited:.0f} s, longer than the {limit:g} s a worker waits "
+        f"(PIXELWIZARD_OUTAGE_SECONDS): {one_line(getattr(exc, 'orig', None) or exc)}"
+    )
 
 
 def one_line(exc: BaseException) -> str:
@@ -154,9 +168,9 @@ def run_stage(
     ``keep_lease``, for a worker that goes straight on to the next stage itself.
     Re-entrant: a job already in ``stage`` under this worker's lease (a task retry) restarts
     the stage. ``work(job, check)`` should call ``check()`` between its steps: it raises once the lease is lost or
-    the process stops. Exceptions from ``work`` propagate after the attempt is recorded as failed (unless a cancel or
-    an expiry closed it first); when the process stops (Ctrl-C, SIGTERM) it is recorded as interrupted and the job is
-    handed back to the status before the stage at once.
+    the process stops. Exceptions from ``work`` propagate after the attempt is recorded as failed, or as interrupted
+    for an outage (unless a cancel or an expiry closed it first); when the process stops (Ctrl-C, SIGTERM) it is
+    recorded as interrupted and the job is handed back to the status before the stage at once.
     """
     _, after, kind = STAGES[stage]
     with factory.begin() as session:
@@ -170,14 +184,14 @@ def run_stage(
         keeper.check()
     except BaseException as exc:
         stopped = isinstance(exc, (StopRequested, KeyboardInterrupt, SystemExit))
+        outcome = AttemptOutcome.interrupted if stopped or is_outage(exc) else AttemptOutcome.failed
         try:
             with factory.begin() as session:
                 if stopped:  # the process is going away: hand the job back now rather than when its lease expires
                     job = session.get(Job, job_id)  # (the job before its attempt: every writer's lock order)
                     transition(session, job, STAGES[stage][0], worker=worker, error=f"worker stopped during {stage}")
                     release(session, job, worker)
-                finish_attempt(session, attempt, AttemptOutcome.interrupted if stopped else AttemptOutcome.failed,
-                               error=one_line(exc))
+                finish_attempt(session, attempt, outcome, error=one_line(exc))
         except StaleJobError:  # already closed, as cancelled or crashed, by whoever took the lease
             pass
         raise
@@ -209,15 +223,15 @@ def give_up_stage(
     factory: sessionmaker[Session], job_id: int, worker: str, error: BaseException, max_attempts: int
 ) -> JobStatus:
     """After a stage failed for good in this worker: retry later, or fail the job at the limit. Attempts the failure
-    left running (their closing never reached the database) are closed, as interrupted if the database was what
-    failed, and a job claimed but not started is released."""
+    left running (their closing never reached the database) are closed, as interrupted after an outage, and a job
+    claimed but not started is released."""
     with factory.begin() as session:
         job = session.get(Job, job_id)
         stage = JobStatus(job.status)
         if job.lease_owner != worker:
             return stage  # the lease went to someone else meanwhile; nothing of ours to undo
         message = one_line(error)
-        outcome = AttemptOutcome.interrupted if is_connection_error(error) else AttemptOutcome.failed
+        outcome = AttemptOutcome.interrupted if is_outage(error) else AttemptOutcome.failed
         close_running_attempts(session, job, worker, outcome, message)
         if stage not in STAGES:  # its start never reached the database
             release(session, job, worker)

@@ -26,18 +26,23 @@ __all__ = [
 
 SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 5
-# The ``scheme://user:password@`` prefix as SQLAlchemy's URL parser splits it.
+# The ``scheme://user:password@`` prefix as SQLAlchemy's URL parser splits it, and up to the last '@' (a password
+# that holds an unescaped '@').
 _URL_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
+_URL_PASSWORD_TO_LAST_AT = re.compile(r"^([\w+]+://[^:/]*:).*@(?=[^@]*$)")
 
 
 def safe_url(url: str | URL) -> str:
-    """The URL with any password masked, for messages and logs."""
+    """The URL with any password masked, for messages and logs (all of it, also when it holds an unescaped '@')."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<unparseable database URL>"
     except ValueError:  # the URL split into parts, but one of them (the port) is malformed
         return _URL_PASSWORD.sub(r"\1***@", str(url))
+    if parsed.password is not None and "@" in (parsed.host or ""):
+        return _URL_PASSWORD_TO_LAST_AT.sub(r"\1***@", str(url))
+    return parsed.render_as_string(hide_password=True)
 
 
 def create_db_engine(url: str | None = None) -> Engine:
@@ -48,6 +53,10 @@ def create_db_engine(url: str | None = None) -> Engine:
     """
     raw = url or settings.database_url()
     parsed = _parse_url(raw)
+    if "@" in (parsed.host or ""):  # the password's '@' was taken for the end of the password
+        raise DatabaseUnavailableError(
+            f"cannot open database {safe_url(raw)}: a '@' in the user name or password must be written %40"
+        )
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
@@ -56,7 +65,8 @@ def create_db_engine(url: str | None = None) -> Engine:
             kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         return create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as err:
-        raise DatabaseUnavailableError(f"cannot open database {safe_url(raw)}: {_one_line(err)}") from None
+        hint = "; for PostgreSQL write postgresql+psycopg://" if parsed.get_backend_name() == "postgres" else ""
+        raise DatabaseUnavailableError(f"cannot open database {safe_url(raw)}: {_one_line(err)}{hint}") from None
 
 
 def check_connection(engine: Engine) -> None:

@@ -8,6 +8,11 @@ class StorageError(Exception):
     """Base class for object-store failures (I/O, network, configuration)."""
 
 
+class StoreUnreachableError(StorageError):
+    """The store did not answer: connection refused, dropped or timed out, after the client's own retries. Worth
+    waiting for, unlike an error the store answered with."""
+
+
 class StoreConfigError(StorageError):
     """The store URL is malformed or points at something unusable (bad scheme, missing bucket)."""
 

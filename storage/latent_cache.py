@@ -167,6 +167,10 @@ class LatentCache:
         """The stored payload of an entry known to exist (e.g. just read with ``get``)."""
         return self.store.stat(self._keys(ArtifactKind(kind), key)[0])
 
+    def payload_uri(self, kind: ArtifactKind | str, key: str) -> str:
+        """Where the entry's payload is, or would be, in this cache's store (whether or not it exists)."""
+        return self.store.uri(self._keys(ArtifactKind(kind), key)[0])
+
     def get_video_uri(self, key: str, *, expires: int = 3600) -> str | None:
         """A fetchable URI of the cached MP4 (presigned for S3) or ``None``; not verified here."""
         stored = self.entry_object(ArtifactKind.video, key)

@@ -27,7 +27,8 @@ import boto3
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError, ProfileNotFound
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from storage.errors import (
     CorruptObjectError,
@@ -35,6 +36,7 @@ from storage.errors import (
     ObjectNotFoundError,
     StorageError,
     StoreConfigError,
+    StoreUnreachableError,
 )
 from storage.object_store import (
     ObjectStore,
@@ -105,6 +107,11 @@ class S3Store(ObjectStore):
         self.endpoint_url = (
             self.options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         )
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise StoreConfigError(
+                f"S3 endpoint {self.endpoint_url!r} (S3 options, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) must start "
+                "with http:// or https://"
+            )
         try:
             session = boto3.session.Session(
                 profile_name=self.options.profile_name, region_name=self.options.region_name
@@ -120,6 +127,11 @@ class S3Store(ObjectStore):
             **(_COMPATIBLE_CHECKSUMS if self.endpoint_url else {}),
         )
         self._client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        # Opening is a quick check: an endpoint that accepts connections but never answers fails in seconds, not in
+        # the max_attempts x read_timeout that a large transfer is allowed.
+        self._probe_client = session.client("s3", endpoint_url=self.endpoint_url, config=config.merge(Config(
+            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=min(5.0, self.options.connect_timeout),
+            read_timeout=min(10.0, self.options.read_timeout))))
         self._create_only_client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         for event in _CREATE_ONLY_EVENTS:
             self._create_only_client.meta.events.register(event, _require_absent)
@@ -281,7 +293,7 @@ class S3Store(ObjectStore):
     def _check_bucket(self) -> None:
         where = f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            self._probe_client.head_bucket(Bucket=self.bucket)
         except NoCredentialsError:
             raise StoreConfigError(
                 f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
@@ -310,7 +322,8 @@ class S3Store(ObjectStore):
                 return ObjectNotFoundError(f"no object {where}")
             return StorageError(f"S3 {action} of {where} failed: {_code(err)} {_message(err)}")
         detail = str(err).replace("\n", " ")
-        return StorageError(
+        unreachable = isinstance(err, (BotoConnectionError, HTTPClientError))  # no answer: refused, dropped, timed out
+        return (StoreUnreachableError if unreachable else StorageError)(
             f"S3 {action} of {where} failed (after up to {self.options.max_attempts} attempts): {detail}"
         )
 

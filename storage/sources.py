@@ -13,14 +13,14 @@ from storage.errors import ObjectNotFoundError, StoreConfigError
 
 def read_source(uri: str) -> bytes:
     """The bytes at ``uri``; ``ObjectNotFoundError``/``StoreConfigError`` with one-line messages."""
-    parts = urlsplit(uri)
-    if parts.scheme == "s3":
+    if uri.startswith("s3://"):  # split by hand: an S3 key may hold '#' and '?', which a URL parser cuts off
         from storage.s3_store import S3Store
 
-        key = parts.path.lstrip("/")
-        if not parts.netloc or not key:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not bucket or not key.lstrip("/"):
             raise StoreConfigError(f"bad S3 URI {uri!r}: use s3://bucket/key")
-        return S3Store(f"s3://{parts.netloc}").read_external(key)
+        return S3Store(f"s3://{bucket}").read_external(key.lstrip("/"))
+    parts = urlsplit(uri)
     if parts.scheme not in ("", "file"):
         raise StoreConfigError(f"unsupported source {uri!r}: use a path, file:// or s3:// URI")
     path = Path(unquote(parts.path) if parts.scheme == "file" else uri)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -176,17 +177,21 @@ def s3_bucket(moto_endpoint: str, aws_env: None) -> S3Bucket:
 
 
 class CuttableProxy:
-    """A TCP relay on a free 127.0.0.1 port to ``target``, which a test can cut off and restore, as a network
-    failure or a database failover would: ``cut()`` breaks every open connection and refuses new ones (each counted
-    in ``refused``) until ``restore()``. Real sockets both ways; only the outage is staged."""
+    """A TCP relay on a free 127.0.0.1 port to ``target``, which a test cuts off and restores, as a network failure
+    or a database failover would: ``cut()`` resets every open connection (RST, as a dropped network path looks to
+    the client) and resets each new one at once, counting them in ``refused``, until ``restore()``. With
+    ``cut_after`` it cuts itself once that many request bytes have gone through. Real sockets both ways; only the
+    outage is staged."""
 
-    def __init__(self, target: tuple[str, int]):
-        self.target, self.refused = target, 0
-        self._cut = threading.Event()
+    def __init__(self, target: tuple[str, int], cut_after: int | None = None):
+        self.target, self.cut_after = target, cut_after
+        self.refused = self.forwarded = 0
+        self.is_cut = threading.Event()
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -195,55 +200,82 @@ class CuttableProxy:
                 client, _ = self._listener.accept()
             except OSError:  # closed
                 return
-            if self._cut.is_set():
-                self.refused += 1
-                client.close()
+            if self.is_cut.is_set():
+                with self._lock:
+                    self.refused += 1
+                _reset(client)
                 continue
             server = socket.create_connection(self.target)
             with self._lock:
                 self._open |= {client, server}
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, is_request: bool) -> None:
         try:
             while data := source.recv(65536):
+                if is_request and self.cut_after is not None:
+                    with self._lock:
+                        self.forwarded += len(data)
+                    if self.forwarded > self.cut_after:
+                        self.cut()
+                        return
                 sink.sendall(data)
         except OSError:
             pass
         for sock in (source, sink):
-            self._drop(sock)
-
-    def _drop(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(sock)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+            with self._lock:
+                self._open.discard(sock)
+            _reset(sock)
 
     def cut(self) -> None:
-        self._cut.set()
+        self.is_cut.set()
         with self._lock:
-            sockets = list(self._open)
+            sockets, self._open = list(self._open), set()
         for sock in sockets:
-            self._drop(sock)
+            _reset(sock)
 
     def restore(self) -> None:
-        self._cut.clear()
+        self.is_cut.clear()
 
     def close(self) -> None:
         self.cut()
         self._listener.close()
 
 
+def _reset(sock: socket.socket) -> None:
+    """Break the connection at once: shut it down (which also wakes a relay thread blocked reading it; a bare close
+    from another thread would not take effect until that read returned), then close with an RST (SO_LINGER 0)."""
+    for step in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                 lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            step()
+        except OSError:
+            pass
+
+
 @pytest.fixture
-def pg_proxy(pg_url: str) -> Iterator[tuple[CuttableProxy, str]]:
+def tcp_proxy() -> Iterator[Callable[..., CuttableProxy]]:
+    """``tcp_proxy(url, cut_after=None)``: a ``CuttableProxy`` to the host and port of ``url``, closed afterwards."""
+    from urllib.parse import urlsplit
+
+    proxies: list[CuttableProxy] = []
+
+    def make(url: str, cut_after: int | None = None) -> CuttableProxy:
+        parts = urlsplit(url if "//" in url else f"//{url}")
+        proxies.append(CuttableProxy((parts.hostname or "127.0.0.1", parts.port or 5432), cut_after))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def pg_proxy(pg_url: str, tcp_proxy) -> tuple[CuttableProxy, str]:
     """A ``CuttableProxy`` to the test PostgreSQL server and ``pg_url`` routed through it."""
     from sqlalchemy.engine import make_url
 
     url = make_url(pg_url)
-    proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
-    yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    proxy.close()
+    proxy = tcp_proxy(f"//{url.host}:{url.port or 5432}")
+    return proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)

@@ -217,6 +217,26 @@ def test_errors_name_paths_as_given(env, tmp_path, args, message):
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["batch", "list", "--limit", "-1"], "Invalid value for '--limit': Input should be greater than or equal to 1"),
+        (["batch", "submit", "{dir}/p.txt", "--deployment", "nope"],
+         "--deployment must be FLOW/DEPLOYMENT (as 'prefect deployment ls' shows it), got 'nope'"),
+        (["batch", "submit", "{dir}/missing.txt"], "missing.txt: no such file"),
+        (["batch", "submit", "{dir}/bad.jsonl"], "bad.jsonl:2:"),
+    ],
+)
+def test_bad_batch_options_are_one_line_exit_2(env, tmp_path, args, message):
+    """Checked before any database or server is reached (on PostgreSQL a negative --limit was a traceback; a submit
+    of a missing prompt file was accepted and failed on a worker)."""
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "a red circle"}\n{"prompt": \n')
+    result = run(env, *[a.format(dir=tmp_path) for a in args], timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
 def test_one_prompt_failing_without_a_message_does_not_stop_the_others(tmp_path, monkeypatch):
     """Fault injection (a mock, no real part fails on demand): the first prompt's render raises MemoryError()."""
     from typer.testing import CliRunner

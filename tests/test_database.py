@@ -68,6 +68,21 @@ def test_non_numeric_port_is_a_one_line_error_without_the_password(action: Calla
     assert caught.value.__suppress_context__
 
 
+@pytest.mark.parametrize("action", [open_database, migrate.upgrade])
+def test_a_password_with_an_unescaped_at_sign_is_masked_whole_and_named_as_the_problem(action) -> None:
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        action("postgresql+psycopg://pixel:p@ss@127.0.0.1:5432/pixelwizard")
+
+    assert str(caught.value) == ("cannot open database postgresql+psycopg://pixel:***@127.0.0.1:5432/pixelwizard: "
+                                 "a '@' in the user name or password must be written %40")
+
+
+def test_the_postgres_scheme_is_answered_with_the_one_to_write() -> None:
+    with pytest.raises(DatabaseUnavailableError, match=r"^cannot open database postgres://pixel:\*\*\*@db/pw: .*"
+                       r"postgres; for PostgreSQL write postgresql\+psycopg://$"):
+        open_database("postgres://pixel:s3cret@db/pw")
+
+
 def test_sqlite_url_under_home_opens_the_file_whose_folder_it_made(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

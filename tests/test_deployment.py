@@ -263,6 +263,12 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
              "--model", model, *sets], cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
         assert submit.returncode == 0, submit.stderr
         submitted_id = re.search(r"submitted flow run ([0-9a-f-]{36})", submit.stdout).group(1)
+        missing = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--deployment",
+                                  "nightly-batch/nope"], cwd=REPO, env=client_env, capture_output=True, text=True,
+                                 timeout=CLI_TIMEOUT_S)
+        assert missing.returncode == 1 and missing.stderr.strip() == (
+            f"error: no deployment nightly-batch/nope on {api}: deploy it first ('prefect deploy --all', see "
+            "docs/deployment.md)"), missing.stderr
         again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
         assert (again["parameters"]["workers"], again["parameters"]["gpus"]) == (1, 8)
         while again["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):  # the same batch: no work

@@ -118,13 +118,18 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     listing = subprocess.run([sys.executable, "-m", "cli", "cache", "ls", "anchors"], env=env, cwd=REPO,
                              capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0 and listing.stdout.count("anchors/") == 8  # 4 latents + 4 records
+    (resources.cache().store.root / "anchors" / "notes.txt").write_text("put here by hand")  # no checksum of ours
+    listing = subprocess.run([sys.executable, "-m", "cli", "cache", "ls"], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and listing.stdout.count("anchors/") == 9, listing.stderr
+    assert "           ?  anchors/notes.txt  (not written by PixelWizard: no checksum)\n" in listing.stdout
 
     # Garbage collection removes finished jobs' latents past the age limit, never the videos.
     store = resources.cache().store
     gc = subprocess.run([sys.executable, "-m", "cli", "cache", "gc", "--older-than-days", "0"], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=120)
     assert gc.returncode == 0, gc.stderr
-    assert list(store.list("anchors/")) == [] and list(store.list("details/")) == []
+    assert list(store.list("anchors/")) == ["anchors/notes.txt"] and list(store.list("details/")) == []  # not its own
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
 
 
@@ -193,7 +198,7 @@ def test_jobs_retry_runs_only_that_job_with_a_fresh_count_of_attempts(env, model
     assert (blue.status, green.status) == (JobStatus.failed, JobStatus.failed)
 
     broken.discard("green")  # green would now render, but only blue is retried
-    monkeypatch.chdir(tmp_path)  # the retry copies finished videos to ./out
+    monkeypatch.chdir(tmp_path)  # the retry copies the job's video to ./out
     wrong = CliRunner().invoke(app, ["jobs", "retry", str(blue.id)])  # the embedded model, not the batch's
     assert wrong.exit_code == 2 and "pass --model" in wrong.stderr, wrong.output
     assert next(j for j in jobs_of(report["batch_id"]) if j.id == blue.id).status == JobStatus.failed  # untouched
@@ -204,6 +209,12 @@ def test_jobs_retry_runs_only_that_job_with_a_fresh_count_of_attempts(env, model
     assert (statuses[blue.id], statuses[green.id]) == (JobStatus.failed, JobStatus.failed)
     tries = [a.job_id for a in attempts_of(report["batch_id"]) if a.stage == JobStatus.rendering]
     assert tries.count(blue.id) == 2 + 2 and tries.count(green.id) == 2  # blue: two more tries, green: none
+    assert not (tmp_path / "out").exists()  # nothing of the job's to copy: no folder made
+
+    broken.discard("blue")  # fixed: the retry renders blue, and copies its video alone (the red one is done too)
+    result = CliRunner().invoke(app, ["jobs", "retry", str(blue.id), "--model", model, "--out", "retried"])
+    assert result.exit_code == 3, result.output  # green still failed
+    assert sorted(p.name for p in (tmp_path / "retried").iterdir()) == [f"{blue.prompt_id}.mp4"]
 
 
 def test_resume_of_a_job_that_failed_encoding_reuses_its_latents_and_needs_the_batch_model(env, model, tmp_path,
@@ -405,15 +416,18 @@ def start_a_long_render(env, model, tmp_path, out) -> tuple[subprocess.Popen, At
     return process, rendering
 
 
-def test_ctrl_c_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path):
-    """A real batch process gets SIGINT mid-render, with 10-minute leases: it stops within a step (it had gone on
-    rendering every job in its worker thread), hands the job back, and the resume right after does not wait."""
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path,
+                                                                                              sent, code):
+    """A real batch process gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-render, with 10-minute leases: it stops
+    within a step (it had gone on rendering every job in its worker thread), hands the job back, and exits quietly
+    (SIGTERM had ended in a traceback, exit 1); the resume right after does not wait."""
     env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
     out = tmp_path / "out"
     process, rendering = start_a_long_render(env, model, tmp_path, out)
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=60)
-    assert process.returncode == 130
+    process.send_signal(sent)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == code and "Traceback" not in output, output
     [held] = [j for j in jobs_of(1) if j.id == rendering.job_id]
     assert (held.status, held.lease_owner) == (JobStatus.anchored, None)
     assert [a.id for a in attempts_of(1) if a.stage != JobStatus.anchoring] == [rendering.id]
@@ -478,35 +492,42 @@ def _wait_for_a_running_render(process) -> tuple[Attempt, int]:
     raise AssertionError(f"no render started: {process.communicate()[0]}")
 
 
-@pytest.mark.postgres
-def test_a_database_outage_mid_batch_is_waited_out_and_the_batch_finishes(env, model, tmp_path, pg_proxy):
-    """The batch's connections to a real PostgreSQL server are cut for 8 s while a stage runs (a failover, say):
-    the stage that ends in the outage cannot record itself, its worker waits for the database, closes the try as
-    interrupted (not counted: one try per stage is allowed here), and takes the job up again from the stored latent.
-    Before, the batch failed on the first lost query."""
-    proxy, proxied_url = pg_proxy
+def _batch_through_an_outage(child_env, proxy, model, tmp_path, seconds: float) -> tuple[Attempt, list[Attempt]]:
+    """A real `batch run` of four prompts, one try per stage allowed, whose service behind ``proxy`` is cut for
+    ``seconds`` once a render worker's stage runs. The batch must finish by itself, all done, exported, without a
+    traceback, no try counted as failed or crashed or left running. Returns the stage seen running when the cut came
+    and the tries recorded interrupted."""
     out = tmp_path / "out"
-    process = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url, "PIXELWIZARD_MAX_ATTEMPTS": "1"}, "batch", "run",
+    process = run_cli({**child_env, "PIXELWIZARD_MAX_ATTEMPTS": "1"}, "batch", "run",
                       str(write_prompts(tmp_path / "p.txt")), "--model", model, "--out", str(out),
                       "--set", "num_frames=9", "--set", "anchor_steps=3")
     victim, batch_id = _wait_for_a_running_render(process)  # read through our own, direct connection
     proxy.cut()
-    time.sleep(8)  # far longer than a stage here, so the stage ends inside the outage
-    assert proxy.refused > 0  # the batch did try the database meanwhile
+    time.sleep(seconds)
+    assert proxy.refused > 0  # the batch did try the service meanwhile
     proxy.restore()
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    assert "Traceback" not in output
+    assert process.returncode == 0 and "Traceback" not in output, output
     attempts = attempts_of(batch_id)
-    assert not [a for a in attempts if a.outcome == AttemptOutcome.running]
-    assert not [a for a in attempts if a.outcome in (AttemptOutcome.failed, AttemptOutcome.crashed)]
-    interrupted = [a for a in attempts if a.outcome == AttemptOutcome.interrupted]
-    assert [a.id for a in interrupted] == [victim.id] and interrupted[0].error.startswith("OperationalError")
+    assert not [a for a in attempts if a.outcome in (AttemptOutcome.failed, AttemptOutcome.crashed, AttemptOutcome.running)]
     assert [j.status for j in jobs_of(batch_id)] == [JobStatus.done] * 4
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
+    return victim, [a for a in attempts if a.outcome == AttemptOutcome.interrupted]
+
+
+@pytest.mark.postgres
+def test_a_database_outage_mid_batch_is_waited_out_and_the_batch_finishes(env, model, tmp_path, pg_proxy):
+    """The batch's connections to a real PostgreSQL server are cut for 8 s (far longer than a stage here) while a
+    stage runs (a failover, say): the stage that ends in the outage cannot record itself, its worker waits for the
+    database, closes the try as interrupted (not counted: one try per stage is allowed), and takes the job up again
+    from the stored result. Before, the batch failed on the first lost query."""
+    proxy, proxied_url = pg_proxy
+    victim, interrupted = _batch_through_an_outage({**env, "PIXELWIZARD_DATABASE_URL": proxied_url}, proxy, model,
+                                                   tmp_path, 8)
+    assert [a.id for a in interrupted] == [victim.id] and interrupted[0].error.startswith("OperationalError")
     details = [k for k in resources.cache().store.list("details/") if not k.endswith(".json")]
     assert len(details) == 4  # each job's detail latent rendered and stored once
     assert len([k for k in resources.cache().store.list("videos/") if k.endswith(".mp4")]) == 4
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
 
 @pytest.mark.postgres
@@ -514,7 +535,7 @@ def test_a_database_outage_longer_than_the_wait_ends_the_batch_on_one_line_and_r
         env, model, tmp_path, pg_proxy):
     proxy, proxied_url = pg_proxy
     out = tmp_path / "out"
-    process = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url, "PIXELWIZARD_DB_OUTAGE_SECONDS": "3"},
+    process = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url, "PIXELWIZARD_OUTAGE_SECONDS": "3"},
                       "batch", "run", str(write_prompts(tmp_path / "p.txt")), "--model", model, "--out", str(out),
                       "--set", "num_frames=9", "--set", "anchor_steps=3")
     _, batch_id = _wait_for_a_running_render(process)
@@ -532,6 +553,31 @@ def test_a_database_outage_longer_than_the_wait_ends_the_batch_on_one_line_and_r
     assert resumed.returncode == 0, output
     assert [j.status for j in jobs_of(batch_id)] == [JobStatus.done] * 4
     assert not [a for a in attempts_of(batch_id) if a.outcome == AttemptOutcome.running]
+
+
+def test_an_object_store_outage_mid_batch_is_waited_out_and_costs_no_job_a_try(env, model, tmp_path, s3_bucket,
+                                                                               tcp_proxy):
+    """The batch's S3 endpoint (a moto server through a relay) stops answering for 25 s while a stage runs, longer
+    than the client's own retries last (5 attempts, at most 15 s of backoff): the tries it cuts short are recorded
+    interrupted, not failed, so with one try per stage allowed no job fails, and the batch finishes by itself.
+    Before, a few seconds of outage failed jobs for good."""
+    proxy = tcp_proxy(s3_bucket.endpoint_url)
+    child = {**env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+             "AWS_ENDPOINT_URL_S3": proxy.url, "PIXELWIZARD_STORE_URL": s3_bucket.url("pw")}
+    _, interrupted = _batch_through_an_outage(child, proxy, model, tmp_path, 25)
+    assert interrupted and all(a.error.startswith("StoreUnreachableError: S3 ") for a in interrupted), interrupted
+
+
+def test_the_prompt_file_type_comes_from_the_whole_name(model, tmp_path):
+    """A '?' is part of a name (S3 keys and paths may hold one), not the start of a query."""
+    from flows.ingestion import read_batch_input
+    from pixelwizard.prompts import PromptFileError
+
+    named = write_prompts(tmp_path / "night?v=1.txt", PROMPTS[:1])
+    _, specs, _ = read_batch_input(str(named), "tiny", model, {})
+    assert [spec.prompt for spec in specs] == PROMPTS[:1]
+    with pytest.raises(PromptFileError, match=r"x\?y\.csv: unknown prompt file type \.csv; use \.txt or \.jsonl"):
+        read_batch_input(str(write_prompts(tmp_path / "x?y.csv")), "tiny", model, {})
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -602,6 +648,16 @@ def test_an_export_over_another_batchs_video_of_the_same_prompt_replaces_it_and_
         assert (out / f"{output['prompt_id']}.mp4").read_bytes() == Path(output["uri"].removeprefix("file://")).read_bytes()
     result = export(second)  # the same videos again: nothing to say
     assert result.exit_code == 0 and "note:" not in result.stderr, result.output
+
+    monkeypatch.setenv("PIXELWIZARD_STORE_URL", str(tmp_path / "another-store"))  # not the batch's store
+    resources.cache.cache_clear()
+    result = export(second)
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and line == (
+        f"error: 2 of 2 video(s) not copied to {out}: the video of {second['outputs'][0]['prompt_id']} is stored at "
+        f"{second['outputs'][0]['uri']}, not in the object store this command uses: set PIXELWIZARD_STORE_URL to the "
+        "batch's store"), result.output
+    assert not list((tmp_path / "another-store").rglob("*.mp4"))  # nothing made again there: the videos exist
 
 
 @pytest.mark.parametrize(

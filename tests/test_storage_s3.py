@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import struct
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ from storage import (
     CorruptObjectError,
     ObjectExistsError,
     ObjectNotFoundError,
-    StorageError,
     StoreConfigError,
     open_store,
 )
+from storage.errors import StoreUnreachableError
 from storage.s3_store import S3Options, S3Store
 
 MiB = 1024 * 1024
@@ -238,6 +238,9 @@ def test_external_objects_are_read_without_checksum(s3_bucket: S3Bucket, monkeyp
         store.read_external("missing.txt")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_bucket.endpoint_url)
     assert read_source(f"s3://{s3_bucket.name}/inputs/prompts.txt") == b"a cat\na dog\n"
+    for key in ("inputs/night#2.txt", "inputs/q?v=1.txt"):  # a URL parser would take these for a fragment, a query
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=key.encode())
+        assert read_source(f"s3://{s3_bucket.name}/{key}") == key.encode()
 
 
 @pytest.mark.parametrize(
@@ -254,6 +257,14 @@ def test_missing_bucket_fails_on_open(s3_bucket: S3Bucket) -> None:
         open_store("s3://pw-no-such-bucket/prefix", s3=S3Options(endpoint_url=s3_bucket.endpoint_url))
 
 
+def test_an_endpoint_without_its_scheme_is_named_with_the_fix(aws_env: None, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "127.0.0.1:5055")
+    with pytest.raises(StoreConfigError) as caught:
+        open_store("s3://bucket/x")
+    assert str(caught.value) == ("S3 endpoint '127.0.0.1:5055' (S3 options, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) "
+                                 "must start with http:// or https://")
+
+
 def test_unreachable_endpoint_fails_on_open(aws_env: None) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -262,100 +273,47 @@ def test_unreachable_endpoint_fails_on_open(aws_env: None) -> None:
         open_store("s3://bucket/x", s3=S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1))
 
 
-class CuttingProxy:
-    """TCP proxy in front of the moto server that simulates the network dying mid-upload.
+def test_an_endpoint_that_never_answers_fails_on_open_within_the_checks_own_timeouts(aws_env: None) -> None:
+    """A server that accepts connections and never replies (a hung proxy). With the store's default settings a
+    request may wait 5 attempts x 60 s; opening checks with 2 attempts x 10 s instead."""
+    silent, held = socket.create_server(("127.0.0.1", 0)), []
 
-    After ``cut_after`` request bytes have been forwarded it resets every open connection,
-    and from then on resets each new connection at once, counting them (botocore's retries).
-    """
-
-    def __init__(self, upstream_url: str, cut_after: int) -> None:
-        host, port = upstream_url.removeprefix("http://").split(":")
-        self.upstream = (host, int(port))
-        self.cut_after = cut_after
-        self.forwarded = 0
-        self.connections_after_cut = 0
-        self.cut = threading.Event()
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept_loop, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-        self._reset_all()
-
-    def _accept_loop(self) -> None:
+    def accept_and_say_nothing() -> None:
         while True:
             try:
-                client, _ = self._listener.accept()
+                held.append(silent.accept()[0])
             except OSError:
                 return
-            if self.cut.is_set():
-                with self._lock:
-                    self.connections_after_cut += 1
-                _reset(client)
-                continue
-            upstream = socket.create_connection(self.upstream)
-            with self._lock:
-                self._open += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    def _pump(self, source: socket.socket, dest: socket.socket, is_request: bool) -> None:
-        try:
-            while data := source.recv(64 * 1024):
-                if is_request:
-                    with self._lock:
-                        self.forwarded += len(data)
-                        cut_now = self.forwarded > self.cut_after and not self.cut.is_set()
-                    if cut_now:
-                        self.cut.set()
-                        self._reset_all()
-                        return
-                dest.sendall(data)
-        except OSError:
-            pass
-
-    def _reset_all(self) -> None:
-        with self._lock:
-            sockets, self._open = self._open, []
-        for sock in sockets:
-            _reset(sock)
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), as a dropped network path looks to the client."""
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    started = time.monotonic()
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
-    except OSError:
-        pass
+        with pytest.raises(StoreConfigError, match="cannot reach .*Read timeout"):
+            open_store("s3://bucket/x", s3=S3Options(endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}"))
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 120  # a guard against the 300 s wait, not a speed target
 
 
 def test_network_failure_mid_upload_is_retried_then_reported_without_partial_object(
-    s3_bucket: S3Bucket, tmp_path: Path
+    s3_bucket: S3Bucket, tmp_path: Path, tcp_proxy
 ) -> None:
     # Fault injected: a TCP proxy between boto3 and moto resets all connections after 7 MiB of a
     # 12 MiB multipart upload (mid part 2) and keeps resetting new ones -- the network is gone.
-    proxy = CuttingProxy(s3_bucket.endpoint_url, cut_after=7 * MiB)
+    proxy = tcp_proxy(s3_bucket.endpoint_url, cut_after=7 * MiB)
     store = open_store(
         s3_bucket.url("runs"),
         s3=replace(SMALL_PARTS, endpoint_url=proxy.url, max_attempts=3, max_concurrency=1),
     )
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(12 * MiB))
-    try:
-        with pytest.raises(
-            StorageError, match=r"S3 upload of s3://.*/runs/video\.mp4 failed \(after up to 3 attempts\)"
-        ):
-            store.put_file("video.mp4", source, create_only=True)
-    finally:
-        proxy.close()
+    with pytest.raises(
+        StoreUnreachableError, match=r"S3 upload of s3://.*/runs/video\.mp4 failed \(after up to 3 attempts\)"
+    ):
+        store.put_file("video.mp4", source, create_only=True)
 
-    assert proxy.cut.is_set()
-    assert proxy.connections_after_cut >= 2  # botocore retried over fresh connections
+    assert proxy.is_cut.is_set()
+    assert proxy.refused >= 2  # botocore retried over fresh connections
     assert _stored_keys(s3_bucket) == []  # the incomplete multipart upload is not an object
     with pytest.raises(ObjectNotFoundError):
         _open(s3_bucket, prefix="runs").get_bytes("video.mp4")
