@@ -85,8 +85,14 @@ def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(stop, batch_hint), daemon=True)
     watcher.start()
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from storage.errors import DatabaseError, StorageError
+
     try:
         return flow_call()
+    except (DatabaseError, StorageError, OperationalError, InterfaceError) as exc:  # checked at the start: a service
+        fail(first_line(exc), EXIT_FAILURE)  # failed while the flow ran (an outage longer than workers wait), not input
     except _known_errors() as exc:
         fail(first_line(exc))
     finally:
@@ -139,13 +145,15 @@ def _export(report: dict[str, Any], out: Path, job: int | None = None) -> tuple[
     problems, replaced = [], []
     for item in outputs:
         key, dest = video_cache_key(item["uri"]), out / f"{item['prompt_id']}.mp4"
-        if cache.payload_uri(ArtifactKind.video, key) != item["uri"]:
-            problems.append(f"the video of {item['prompt_id']} is stored at {item['uri']}, not in the object store "
-                            "this command uses: set PIXELWIZARD_STORE_URL to the batch's store")
-            continue
         try:
             stored = cache.entry_object(ArtifactKind.video, key)
-            another = stored is not None and _holds_other_bytes(dest, stored.sha256)
+            if stored is None:  # never quarantined here: gone, or the batch's store is another one
+                problems.append(f"the video of {item['prompt_id']} is not in the object store this command uses "
+                                f"({cache.payload_uri(ArtifactKind.video, key)}; the batch recorded {item['uri']}): "
+                                f"check PIXELWIZARD_STORE_URL, or 'pixelwizard batch resume {report['batch_id']}' "
+                                "makes it again")
+                continue
+            another = _holds_other_bytes(dest, stored.sha256)
             if cache.get_video(key, dest) is None:
                 problems.append(f"the video of {item['prompt_id']} is missing or failed its check (quarantined); "
                                 f"'pixelwizard batch resume {report['batch_id']}' encodes it again")

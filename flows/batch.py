@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefect import flow, task
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from flows import resources
 from flows.stage_runner import (
@@ -22,7 +22,7 @@ from flows.stage_runner import (
 from flows.summary import batch_report
 from flows.tasks import anchor_job, render_job
 from storage.jobs import claim_next_job
-from storage.models import Batch, Job, JobStatus
+from storage.models import Batch, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,12 @@ def _drain(
     results = []
     transient_in_a_row, outage_since = 0, None
 
-    def busy() -> int:
+    def busy() -> int:  # jobs another worker (or a claim of ours whose answer was lost) may still move on
         with factory() as session:
+            leased = and_(Job.status.in_(ready), Job.lease_expires_at.is_not(None), Job.lease_expires_at >= utcnow())
             return session.scalar(
-                select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status.in_(working))
+                select(func.count()).select_from(Job).where(Job.batch_id == batch_id,
+                                                            or_(Job.status.in_(working), leased))
             )
 
     while not STOPPING.is_set():
@@ -282,8 +284,7 @@ def _gone_workers(session, batch_id: int) -> list[str]:
 
 
 def _jobs_without_their_video(session, batch_id: int) -> list[int]:
-    """Done jobs of the batch whose recorded video is no longer in the store (an export quarantined it as corrupt).
-    A video recorded in another store (the command was given the wrong one) is not lost, and is not made again."""
+    """Done jobs of the batch whose recorded video is no longer in the store (an export quarantined it as corrupt)."""
     from flows.summary import video_cache_key
     from storage.models import Artifact, ArtifactKind
 
@@ -292,8 +293,7 @@ def _jobs_without_their_video(session, batch_id: int) -> list[int]:
         select(Job.id, Artifact.uri).join(Artifact, Artifact.job_id == Job.id)
         .where(Job.batch_id == batch_id, Job.status == JobStatus.done, Artifact.kind == ArtifactKind.video)
     ).all()
-    return [job_id for job_id, uri in rows if cache.payload_uri(ArtifactKind.video, video_cache_key(uri)) == uri
-            and cache.entry_object(ArtifactKind.video, video_cache_key(uri)) is None]
+    return [job_id for job_id, uri in rows if cache.entry_object(ArtifactKind.video, video_cache_key(uri)) is None]
 
 
 def _summary(batch_id: int, anchor_counts: dict[str, int]) -> dict[str, Any]:

@@ -205,18 +205,23 @@ def run_stage(
     return stored
 
 
+FREE_INTERRUPTIONS = 20  # interrupted tries of a stage that do not count; past them a job whose own stage keeps
+# timing out (a part too large for the store's read timeout, say) is not tried for ever
+
+
 def failed_attempts(session: Session, job: Job, stage: JobStatus) -> int:
-    """How many tries at ``stage`` failed or crashed since the job was last requeued: among its latest
-    ``attempt_count`` attempts (a requeue of a failed job resets that count)."""
+    """How many tries at ``stage`` count against the job's limit since it was last requeued: among its latest
+    ``attempt_count`` attempts (a requeue of a failed job resets that count), the failed and crashed ones, and the
+    interrupted ones past the first ``FREE_INTERRUPTIONS``."""
     latest = (
         select(Attempt.stage, Attempt.outcome).where(Attempt.job_id == job.id)
         .order_by(Attempt.id.desc()).limit(job.attempt_count).subquery()
     )
-    return session.scalar(
-        select(func.count()).select_from(latest).where(
-            latest.c.stage == stage, latest.c.outcome.in_([AttemptOutcome.failed, AttemptOutcome.crashed])
-        )
-    )
+    counts = dict(session.execute(
+        select(latest.c.outcome, func.count()).where(latest.c.stage == stage).group_by(latest.c.outcome)
+    ).all())
+    return (counts.get(AttemptOutcome.failed, 0) + counts.get(AttemptOutcome.crashed, 0)
+            + max(0, counts.get(AttemptOutcome.interrupted, 0) - FREE_INTERRUPTIONS))
 
 
 def give_up_stage(

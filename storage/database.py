@@ -28,20 +28,27 @@ SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 5
 # The ``scheme://user:password@`` prefix as SQLAlchemy's URL parser splits it, and up to the last '@' (a password
 # that holds an unescaped '@').
-_URL_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
-_URL_PASSWORD_TO_LAST_AT = re.compile(r"^([\w+]+://[^:/]*:).*@(?=[^@]*$)")
+_URL_PASSWORD = re.compile(r"^([\w+]+://[^:/@]*:)[^@]*@")
+_URL_PASSWORD_TO_LAST_AT = re.compile(r"^([\w+]+://[^:/@]*:).*@(?=[^@]*$)")
+
+
+def _unescaped_at(url: str) -> bool:
+    """Whether the URL's part before any query holds more than one '@': one of them is in the user name or
+    password, where it must be written %40 (a parser would end the password at the first)."""
+    return str(url).split("?", 1)[0].count("@") > 1
 
 
 def safe_url(url: str | URL) -> str:
     """The URL with any password masked, for messages and logs (all of it, also when it holds an unescaped '@')."""
+    if isinstance(url, str) and _unescaped_at(url):
+        head, mark, query = url.partition("?")
+        return _URL_PASSWORD_TO_LAST_AT.sub(r"\1***@", head) + mark + query
     try:
         parsed = make_url(url)
     except ArgumentError:
         return "<unparseable database URL>"
     except ValueError:  # the URL split into parts, but one of them (the port) is malformed
         return _URL_PASSWORD.sub(r"\1***@", str(url))
-    if parsed.password is not None and "@" in (parsed.host or ""):
-        return _URL_PASSWORD_TO_LAST_AT.sub(r"\1***@", str(url))
     return parsed.render_as_string(hide_password=True)
 
 
@@ -52,11 +59,11 @@ def create_db_engine(url: str | None = None) -> Engine:
     is created; PostgreSQL gets a short connect timeout and pre-ping. No connection is made.
     """
     raw = url or settings.database_url()
-    parsed = _parse_url(raw)
-    if "@" in (parsed.host or ""):  # the password's '@' was taken for the end of the password
+    if _unescaped_at(raw):  # a parser would end the password at its first '@'
         raise DatabaseUnavailableError(
             f"cannot open database {safe_url(raw)}: a '@' in the user name or password must be written %40"
         )
+    parsed = _parse_url(raw)
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
@@ -80,12 +87,30 @@ def check_connection(engine: Engine) -> None:
         ) from None
 
 
+# SQLSTATEs of a server that is going away or not there yet: connection exceptions (class 08), an administrator's or
+# a crash's shutdown, a server still starting; and SQLite's busy, locked, cannot-open and I/O result codes.
+_OUTAGE_SQLSTATE_CLASSES = ("08",)
+_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+_SQLITE_OUTAGE_CODES = frozenset({5, 6, 10, 14})
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached, dropped the connection or was busy (worth trying
-    again once it is back), rather than that a statement was wrong."""
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    """Whether ``exc`` says the database could not be reached, dropped the connection, is shutting down or starting,
+    or (SQLite) was busy: worth trying again once it is back. A statement's own error (no such table, a constraint,
+    a full disk) is not."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    orig = exc.orig
+    if hasattr(orig, "sqlite_errorcode"):
+        return (orig.sqlite_errorcode & 0xFF) in _SQLITE_OUTAGE_CODES
+    state = getattr(orig, "sqlstate", None)
+    if state is None:  # a client-side failure: no connection to send a statement over
+        return True
+    return state.startswith(_OUTAGE_SQLSTATE_CLASSES) or state in _OUTAGE_SQLSTATES
 
 
 def open_database(url: str | None = None, *, migrate: bool = True) -> sessionmaker[Session]:

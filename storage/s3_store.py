@@ -29,6 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError, ProfileNotFound
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from s3transfer.exceptions import RetriesExceededError
 
 from storage.errors import (
     CorruptObjectError,
@@ -184,7 +185,7 @@ class S3Store(ObjectStore):
                 sha256, size = copy_hashing(written)
             verify_integrity(key, sha256, size, stored.sha256, stored.size)
             os.replace(tmp.name, dest)
-        except (BotoCoreError, ClientError, Boto3Error) as err:
+        except (BotoCoreError, ClientError, Boto3Error, RetriesExceededError) as err:
             raise self._error("download", key, err) from None
         finally:
             Path(tmp.name).unlink(missing_ok=True)
@@ -322,7 +323,8 @@ class S3Store(ObjectStore):
                 return ObjectNotFoundError(f"no object {where}")
             return StorageError(f"S3 {action} of {where} failed: {_code(err)} {_message(err)}")
         detail = str(err).replace("\n", " ")
-        unreachable = isinstance(err, (BotoConnectionError, HTTPClientError))  # no answer: refused, dropped, timed out
+        # No answer: refused, dropped, timed out (s3transfer's RetriesExceededError: a download cut off that often).
+        unreachable = isinstance(err, (BotoConnectionError, HTTPClientError, RetriesExceededError))
         return (StoreUnreachableError if unreachable else StorageError)(
             f"S3 {action} of {where} failed (after up to {self.options.max_attempts} attempts): {detail}"
         )

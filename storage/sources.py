@@ -13,10 +13,10 @@ from storage.errors import ObjectNotFoundError, StoreConfigError
 
 def read_source(uri: str) -> bytes:
     """The bytes at ``uri``; ``ObjectNotFoundError``/``StoreConfigError`` with one-line messages."""
-    if uri.startswith("s3://"):  # split by hand: an S3 key may hold '#' and '?', which a URL parser cuts off
+    if uri[:5].lower() == "s3://":  # split by hand: an S3 key may hold '#' and '?', which a URL parser cuts off
         from storage.s3_store import S3Store
 
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        bucket, _, key = uri[5:].partition("/")
         if not bucket or not key.lstrip("/"):
             raise StoreConfigError(f"bad S3 URI {uri!r}: use s3://bucket/key")
         return S3Store(f"s3://{bucket}").read_external(key.lstrip("/"))

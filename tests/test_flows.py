@@ -522,9 +522,9 @@ def test_a_database_outage_mid_batch_is_waited_out_and_the_batch_finishes(env, m
     database, closes the try as interrupted (not counted: one try per stage is allowed), and takes the job up again
     from the stored result. Before, the batch failed on the first lost query."""
     proxy, proxied_url = pg_proxy
-    victim, interrupted = _batch_through_an_outage({**env, "PIXELWIZARD_DATABASE_URL": proxied_url}, proxy, model,
-                                                   tmp_path, 8)
-    assert [a.id for a in interrupted] == [victim.id] and interrupted[0].error.startswith("OperationalError")
+    _, interrupted = _batch_through_an_outage({**env, "PIXELWIZARD_DATABASE_URL": proxied_url}, proxy, model,
+                                              tmp_path, 8)
+    assert len(interrupted) == 1 and interrupted[0].error.startswith("OperationalError"), interrupted
     details = [k for k in resources.cache().store.list("details/") if not k.endswith(".json")]
     assert len(details) == 4  # each job's detail latent rendered and stored once
     assert len([k for k in resources.cache().store.list("videos/") if k.endswith(".mp4")]) == 4
@@ -542,7 +542,7 @@ def test_a_database_outage_longer_than_the_wait_ends_the_batch_on_one_line_and_r
     proxy.cut()
     output, _ = process.communicate(timeout=120)
     proxy.restore()
-    assert process.returncode != 0
+    assert process.returncode == 1  # a service failed mid-batch: not "bad input" (2)
     [error] = [line for line in output.splitlines() if line.startswith("error:")]
     assert "the database was out of reach for" in error and "longer than the 3 s a worker waits" in error, output
     assert "Traceback" not in output
@@ -649,15 +649,19 @@ def test_an_export_over_another_batchs_video_of_the_same_prompt_replaces_it_and_
     result = export(second)  # the same videos again: nothing to say
     assert result.exit_code == 0 and "note:" not in result.stderr, result.output
 
-    monkeypatch.setenv("PIXELWIZARD_STORE_URL", str(tmp_path / "another-store"))  # not the batch's store
+    # A command given another store (a run of the same file finds the batch done, and makes nothing) says so.
+    monkeypatch.setenv("PIXELWIZARD_STORE_URL", str(tmp_path / "another-store"))
     resources.cache.cache_clear()
-    result = export(second)
+    sets = [arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")]
+    result = CliRunner().invoke(app, ["batch", "run", source, "--model", model, "--seed", "1", "--out", str(out),
+                                      *sets])
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 1 and line == (
-        f"error: 2 of 2 video(s) not copied to {out}: the video of {second['outputs'][0]['prompt_id']} is stored at "
-        f"{second['outputs'][0]['uri']}, not in the object store this command uses: set PIXELWIZARD_STORE_URL to the "
-        "batch's store"), result.output
-    assert not list((tmp_path / "another-store").rglob("*.mp4"))  # nothing made again there: the videos exist
+    first_out = second["outputs"][0]
+    assert result.exit_code == 1 and line.startswith(
+        f"error: 2 of 2 video(s) not copied to {out}: the video of {first_out['prompt_id']} is not in the object store "
+        f"this command uses ({(tmp_path / 'another-store').as_uri()}/videos/"), result.output
+    assert line.endswith(f"; the batch recorded {first_out['uri']}): check PIXELWIZARD_STORE_URL, or 'pixelwizard "
+                         f"batch resume {second['batch_id']}' makes it again")
 
 
 @pytest.mark.parametrize(
@@ -750,7 +754,8 @@ def test_an_error_raised_inside_a_flow_is_one_line_when_the_cli_knows_it(env, tm
                             capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     if kind == "known":
-        assert result.returncode == 2 and lines == ["error: the store went away"], result.stderr
+        # exit 1: the store failed while the flow ran (bad input, exit 2, is refused before any flow starts)
+        assert result.returncode == 1 and lines == ["error: the store went away"], result.stderr
     else:
         assert result.returncode == 1
         assert "Task run failed with exception: RuntimeError('not a known error')" in result.stderr

@@ -9,8 +9,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from flows.stage_runner import give_up_stage, through_outage
-from storage.database import open_database
+from flows.stage_runner import FREE_INTERRUPTIONS, give_up_stage, through_outage
+from storage.database import is_connection_error, open_database
 from storage.errors import DatabaseUnavailableError
 from storage.jobs import JobSpec, add_jobs, claim_next_job, create_batch, start_attempt, transition
 from storage.models import Attempt, AttemptOutcome, Job, JobStatus
@@ -102,3 +102,30 @@ def test_through_outage_waits_for_the_database_and_gives_up_after_its_limit(tmp_
     with pytest.raises(ValueError):
         through_outage(wrong, outage_seconds=60)
     assert calls == [1]  # other errors are not tried again
+
+
+def test_interrupted_tries_count_once_there_are_too_many_of_them(factory) -> None:
+    """A job whose own stage keeps failing as an outage would (say a part too large for the read timeout) is not
+    tried for ever: past FREE_INTERRUPTIONS interrupted tries of a stage, each counts."""
+    with factory.begin() as session:
+        batch_id = create_batch(session, name="b", source="p.txt", preset="tiny").id
+        add_jobs(session, batch_id, [JobSpec("p", "prompt", 0, "tiny", "rev")])
+    refused = _refused()
+    for _ in range(FREE_INTERRUPTIONS):
+        job_id, _attempt = _started(factory, batch_id, "w")
+        assert give_up_stage(factory, job_id, "w", refused, max_attempts=1) == JobStatus.pending
+    job_id, _attempt = _started(factory, batch_id, "w")
+    assert give_up_stage(factory, job_id, "w", refused, max_attempts=1) == JobStatus.failed
+
+
+def test_only_errors_of_a_database_going_away_are_outages(db_url: str) -> None:
+    """Real errors on each backend: a refused connection is an outage; a missing table (SQLite reports it as an
+    OperationalError too) is not, so it is not waited for."""
+    assert is_connection_error(_refused())
+    engine = create_engine(db_url)
+    try:
+        with pytest.raises(Exception) as caught, engine.connect() as connection:
+            connection.execute(text("SELECT * FROM no_such_table"))
+    finally:
+        engine.dispose()
+    assert not is_connection_error(caught.value)

@@ -292,6 +292,8 @@ def test_an_endpoint_that_never_answers_fails_on_open_within_the_checks_own_time
             open_store("s3://bucket/x", s3=S3Options(endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}"))
     finally:
         silent.close()
+        for connection in held:
+            connection.close()
     assert time.monotonic() - started < 120  # a guard against the 300 s wait, not a speed target
 
 
