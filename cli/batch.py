@@ -41,16 +41,21 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
+def _service_errors() -> tuple[type[BaseException], ...]:
+    """Failures of the run database or the object store (checked before a flow starts: later, they are not input)."""
     from sqlalchemy.exc import InterfaceError, OperationalError
 
+    from storage.errors import DatabaseError, StorageError
+
+    return (DatabaseError, StorageError, OperationalError, InterfaceError)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
     from pixelwizard.bundle import ModelFolderError
     from pixelwizard.devices import DeviceError
     from pixelwizard.presets import PresetError
-    from storage.errors import DatabaseError, StorageError
 
-    return (ModelFolderError, DeviceError, PresetError, DatabaseError, StorageError, ValueError, FileNotFoundError,
-            OperationalError, InterfaceError)
+    return (ModelFolderError, DeviceError, PresetError, *_service_errors(), ValueError, FileNotFoundError)
 
 
 class _ReportedOnOneLine(logging.Filter):
@@ -85,14 +90,10 @@ def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(stop, batch_hint), daemon=True)
     watcher.start()
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    from storage.errors import DatabaseError, StorageError
-
     try:
         return flow_call()
-    except (DatabaseError, StorageError, OperationalError, InterfaceError) as exc:  # checked at the start: a service
-        fail(first_line(exc), EXIT_FAILURE)  # failed while the flow ran (an outage longer than workers wait), not input
+    except _service_errors() as exc:  # a service failed while the flow ran (an outage longer than workers wait)
+        fail(first_line(exc), EXIT_FAILURE)
     except _known_errors() as exc:
         fail(first_line(exc))
     finally:
@@ -129,16 +130,15 @@ def _watch(stop: threading.Event, batch_id: int | None) -> None:
                             description=working or "")
 
 
-def _export(report: dict[str, Any], out: Path, job: int | None = None) -> tuple[list[str], list[str]]:
-    """Copy the batch's finished videos to ``out/<prompt id>.mp4``, each verified and renamed into place. Returns one
-    line for each that could not be (a corrupt one is quarantined, and ``batch resume`` encodes it again), and the
-    names of the files there that held another video (an earlier batch's with the same prompt id) and were replaced.
-    With ``job``, only that job's video."""
+def _export(outputs: list[dict[str, Any]], batch_id: int, out: Path) -> tuple[list[str], list[str]]:
+    """Copy the batch's finished videos (``outputs``, of its report) to ``out/<prompt id>.mp4``, each verified and
+    renamed into place. Returns one line for each that could not be (a corrupt one is quarantined, and ``batch
+    resume`` encodes it again), and the names of the files there that held another video (an earlier batch's with the
+    same prompt id) and were replaced."""
     from flows import resources
     from flows.summary import video_cache_key
     from storage.models import ArtifactKind
 
-    outputs = [item for item in report["outputs"] if job is None or item["job_id"] == job]
     if outputs:  # the folder is made only once there is something to put there
         out.mkdir(parents=True, exist_ok=True)
     cache = resources.cache()
@@ -150,13 +150,13 @@ def _export(report: dict[str, Any], out: Path, job: int | None = None) -> tuple[
             if stored is None:  # never quarantined here: gone, or the batch's store is another one
                 problems.append(f"the video of {item['prompt_id']} is not in the object store this command uses "
                                 f"({cache.payload_uri(ArtifactKind.video, key)}; the batch recorded {item['uri']}): "
-                                f"check PIXELWIZARD_STORE_URL, or 'pixelwizard batch resume {report['batch_id']}' "
+                                f"check PIXELWIZARD_STORE_URL, or 'pixelwizard batch resume {batch_id}' "
                                 "makes it again")
                 continue
             another = _holds_other_bytes(dest, stored.sha256)
             if cache.get_video(key, dest) is None:
                 problems.append(f"the video of {item['prompt_id']} is missing or failed its check (quarantined); "
-                                f"'pixelwizard batch resume {report['batch_id']}' encodes it again")
+                                f"'pixelwizard batch resume {batch_id}' encodes it again")
             elif another:
                 replaced.append(dest.name)
         except _known_errors() as exc:
@@ -175,14 +175,14 @@ def _holds_other_bytes(path: Path, sha256: str) -> bool:
 def _finish(report: dict[str, Any], as_json: bool, out: Path | None, export_job: int | None = None) -> None:
     _print_report(report, as_json)
     if out is not None:
-        problems, replaced = _export(report, out, export_job)
+        outputs = [item for item in report["outputs"] if export_job is None or item["job_id"] == export_job]
+        problems, replaced = _export(outputs, report["batch_id"], out)
         if replaced:  # never silently: the earlier batch's videos stay in the store, under their own keys
             shown = ", ".join(replaced[:3]) + (f" and {len(replaced) - 3} more" if len(replaced) > 3 else "")
             typer.echo(f"note: {len(replaced)} file(s) in {out} held another batch's video and were replaced: {shown}",
                        err=True)
         if problems:
-            total = sum(export_job is None or item["job_id"] == export_job for item in report["outputs"])
-            fail(f"{len(problems)} of {total} video(s) not copied to {out}: {problems[0]}", EXIT_FAILURE)
+            fail(f"{len(problems)} of {len(outputs)} video(s) not copied to {out}: {problems[0]}", EXIT_FAILURE)
     status = report["status"]
     raise typer.Exit(EXIT_OK if status == "done" else EXIT_PARTIAL if status == "partial" else EXIT_FAILURE)
 
