@@ -174,6 +174,11 @@ def _holds_other_bytes(path: Path, sha256: str) -> bool:
 
 def _finish(report: dict[str, Any], as_json: bool, out: Path | None, export_job: int | None = None) -> None:
     _print_report(report, as_json)
+    if report.get("earlier_batch"):
+        created = report["created_at"][:19].replace("T", " ")
+        typer.echo(f"note: batch {report['batch_id']} (from {report['source']}, created {created} UTC) had the same "
+                   f"prompts and settings, so this run went on with it; its done videos were not rendered again "
+                   f"(`pixelwizard batch resume {report['batch_id']}` retries its failed jobs)", err=True)
     if out is not None:
         outputs = [item for item in report["outputs"] if export_job is None or item["job_id"] == export_job]
         problems, replaced = _export(outputs, report["batch_id"], out)

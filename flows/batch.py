@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -230,10 +231,14 @@ def nightly_batch(
     ``overrides`` replace preset fields for every job (e.g. ``{"detail_steps": 8}``).
     """
     STOPPING.clear()  # an earlier run of this process that was stopped does not stop this one
+    started = utcnow()
     batch_id = ingest(source, preset, model, seed, name, overrides)
     anchor_counts = anchors(batch_id, model, device)
     _fan_out(batch_id, workers, gpus, model, device)
-    return _summary(batch_id, anchor_counts)
+    report = _summary(batch_id, anchor_counts)
+    # The same prompts and settings, from this file or another, map to the batch made for them earlier (batches are
+    # keyed by content, `flows.ingestion`): the report says so, since that batch's done videos are not rendered again.
+    return {**report, "earlier_batch": datetime.fromisoformat(report["created_at"]) < started}
 
 
 class BatchModelError(ValueError):

@@ -50,6 +50,7 @@ def batch_report(session: Session, batch_id: int) -> dict[str, Any]:
         "name": batch.name,
         "source": batch.source,
         "preset": batch.preset,
+        "created_at": batch.created_at.isoformat(),
         "status": str(batch.status),
         "counts": {str(status): counts.get(status, 0) for status in JobStatus},
         "total": len(jobs),

@@ -106,6 +106,7 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     # Ingesting the same file again creates nothing new, and a second run renders nothing again.
     again = nightly_batch(str(source), "tiny", workers=1, model=model, overrides=SMALL)
     assert again["batch_id"] == report["batch_id"] and again["anchors"] == {"generated": 0, "cached": 0}
+    assert (report["earlier_batch"], again["earlier_batch"]) == (False, True)  # the CLI's note comes from it
     assert len(attempts_of(report["batch_id"])) == 12
     with resources.database()() as session:
         assert session.scalar(select(func.count()).select_from(Batch)) == 1
@@ -649,13 +650,19 @@ def test_an_export_over_another_batchs_video_of_the_same_prompt_replaces_it_and_
     result = export(second)  # the same videos again: nothing to say
     assert result.exit_code == 0 and "note:" not in result.stderr, result.output
 
-    # A command given another store (a run of the same file finds the batch done, and makes nothing) says so.
+    # A command given another store says so. The run is of a copy of the file: the same prompts and settings find the
+    # batch made from the original, done, so nothing is made, and a note says which batch went on.
     monkeypatch.setenv("PIXELWIZARD_STORE_URL", str(tmp_path / "another-store"))
     resources.cache.cache_clear()
     sets = [arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")]
-    result = CliRunner().invoke(app, ["batch", "run", source, "--model", model, "--seed", "1", "--out", str(out),
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes(Path(source).read_bytes())
+    result = CliRunner().invoke(app, ["batch", "run", str(copy), "--model", model, "--seed", "1", "--out", str(out),
                                       *sets])
-    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    note, line = [line for line in result.stderr.splitlines() if line.strip()]
+    assert note.startswith(f"note: batch {second['batch_id']} (from {source}, created ") and note.endswith(
+        " UTC) had the same prompts and settings, so this run went on with it; its done videos were not rendered "
+        f"again (`pixelwizard batch resume {second['batch_id']}` retries its failed jobs)"), note
     first_out = second["outputs"][0]
     assert result.exit_code == 1 and line.startswith(
         f"error: 2 of 2 video(s) not copied to {out}: the video of {first_out['prompt_id']} is not in the object store "
