@@ -164,6 +164,8 @@ class Attempt(Base):
         _enum(AttemptOutcome, "attempt_outcome"), default=AttemptOutcome.running
     )
     error: Mapped[str | None] = mapped_column(Text)
+    # None for a try closed by anyone but its worker (a lost lease, a cancel, a close after an outage): when it
+    # really stopped was not seen, and the stage times of `flows.summary` add up succeeded tries only.
     duration_seconds: Mapped[float | None] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="attempts")
