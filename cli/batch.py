@@ -82,6 +82,7 @@ _REPORTED_ON_ONE_LINE = _ReportedOnOneLine()
 
 def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
     """Run a flow in this process with a progress bar fed from the database; one-line errors."""
+    from cli.ephemeral_server import start_watched
     from cli.progress import quiet_libraries
 
     quiet_libraries()
@@ -91,6 +92,7 @@ def _run_flow(flow_call, batch_hint: int | None = None) -> dict[str, Any]:
     watcher = threading.Thread(target=_watch, args=(stop, batch_hint), daemon=True)
     watcher.start()
     try:
+        start_watched()
         return flow_call()
     except _service_errors() as exc:  # a service failed while the flow ran (an outage longer than workers wait)
         fail(first_line(exc), EXIT_FAILURE)

@@ -5,6 +5,7 @@ Renders use a tiny random model and small preset overrides so a job takes a seco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -397,6 +398,52 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     renders = [a.job_id for a in attempts_of(batch_id) if a.stage == JobStatus.rendering]
     assert sorted(renders) == sorted([j.id for j in jobs_of(batch_id)] + [crashed_job] * (crashed_stage == JobStatus.rendering))
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
+
+
+def session_processes(session_id: int) -> dict[int, str]:
+    """Live processes of a session (pid -> command line), read from /proc; zombies count as ended."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":  # after ')': state, ppid, pgrp, session
+            found[int(stat.parent.name)] = cmdline
+    return found
+
+
+def wait_for(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while not (result := condition()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result
+
+
+def test_prefects_ephemeral_server_ends_with_the_cli_even_when_the_cli_is_killed_alone(env, model, tmp_path):
+    """Without a Prefect server configured, `batch run` starts Prefect's ephemeral one (a child process). It ends with
+    the CLI at exit; and when the CLI alone is killed with SIGKILL (the OOM killer), which runs no exit handler, the
+    watcher started beside it stops it, where before it lived on. No process of the CLI's session outlives it."""
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    source = str(write_prompts(tmp_path / "p.txt", PROMPTS[:1]))
+    finished = run_cli(env, "batch", "run", source, "--model", model, "--out", str(tmp_path / "out"),
+                       *[arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")])
+    output, _ = finished.communicate(timeout=300)
+    assert finished.returncode == 0, output
+    assert wait_for(lambda: not session_processes(finished.pid), 10), session_processes(finished.pid)
+
+    killed = run_cli(env, "batch", "run", source, "--model", model, "--seed", "1")
+    try:
+        watching = lambda: any("-m cli.ephemeral_server" in cmd for cmd in session_processes(killed.pid).values())
+        assert wait_for(watching, 240) and killed.poll() is None, killed.communicate()[0]
+        assert any("uvicorn" in cmd for cmd in session_processes(killed.pid).values()), session_processes(killed.pid)
+        os.kill(killed.pid, signal.SIGKILL)  # the CLI only, not its process group
+        killed.wait()
+        assert wait_for(lambda: not session_processes(killed.pid), 20), session_processes(killed.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)
 
 
 def start_a_long_render(env, model, tmp_path, out) -> tuple[subprocess.Popen, Attempt]:
