@@ -149,7 +149,11 @@ def create_batch(session: Session, *, name: str, source: str, preset: str) -> Ba
 def ensure_batch(session: Session, *, idempotency_key: str, name: str, source: str, preset: str) -> Batch:
     """The batch created earlier with this idempotency key (the same input submitted again),
     or a new pending one; safe against concurrent submitters. A name too long for its column
-    is shortened."""
+    is shortened. An earlier batch is looked up before the insert, whose conflict would use up a batch id on
+    PostgreSQL (a sequence never gives a number back), so that ids run without gaps but for a race."""
+    key = select(Batch).where(Batch.idempotency_key == idempotency_key)
+    if (earlier := session.scalars(key).first()) is not None:
+        return earlier
     row = {
         "idempotency_key": _fitting(idempotency_key, Batch.idempotency_key, "batch idempotency key"),
         "name": _label(name, Batch.name),
@@ -163,16 +167,17 @@ def ensure_batch(session: Session, *, idempotency_key: str, name: str, source: s
         "jobs_cancelled": 0,
     }
     session.execute(_insert_ignoring_duplicates(session, Batch, [row], ["idempotency_key"]))
-    return session.scalars(select(Batch).where(Batch.idempotency_key == idempotency_key)).one()
+    return session.scalars(key).one()
 
 
 def add_jobs(session: Session, batch_id: int, specs: Iterable[JobSpec]) -> list[Job]:
     """Add pending jobs to a batch, idempotently: a spec whose idempotency key already exists
     in the batch (or repeats in ``specs``) maps to the existing job. Returns one job per spec.
-    Every spec is checked before any is written (``ValueTooLongError`` for an overlong identifier)."""
+    Every spec is checked before any is written (``ValueTooLongError`` for an overlong identifier). Jobs that exist
+    are looked up before the insert, so that a file ingested again uses up no job ids (see ``ensure_batch``)."""
     specs = list(specs)
     keys = [spec.idempotency_key() for spec in specs]
-    jobs = _jobs_ingested_before_prompt_ids(session, batch_id, specs, keys)
+    jobs = _jobs_ingested_before_prompt_ids(session, batch_id, specs, keys) | _jobs_by_key(session, batch_id, keys)
     now = utcnow()
     rows = {
         key: {
@@ -195,10 +200,17 @@ def add_jobs(session: Session, batch_id: int, specs: Iterable[JobSpec]) -> list[
     }
     for chunk in _chunks(list(rows.values())):
         session.execute(_insert_ignoring_duplicates(session, Job, chunk, ["batch_id", "idempotency_key"]))
-    for chunk in _chunks(list(rows)):
-        stmt = select(Job).where(Job.batch_id == batch_id, Job.idempotency_key.in_(chunk))
-        jobs.update((job.idempotency_key, job) for job in session.scalars(stmt))
+    jobs.update(_jobs_by_key(session, batch_id, list(rows)))
     return [jobs[key] for key in keys]
+
+
+def _jobs_by_key(session: Session, batch_id: int, keys: list[str]) -> dict[str, Job]:
+    """The batch's jobs with these idempotency keys, by key."""
+    found: dict[str, Job] = {}
+    for chunk in _chunks(sorted(set(keys))):
+        stmt = select(Job).where(Job.batch_id == batch_id, Job.idempotency_key.in_(chunk))
+        found.update((job.idempotency_key, job) for job in session.scalars(stmt))
+    return found
 
 
 def _jobs_ingested_before_prompt_ids(
