@@ -23,18 +23,28 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-def check_out_folder(out: Path) -> None:
-    """An ``--out`` that must be a folder, or one that can be made: anything else is a one-line error before any
-    work, and nothing is created here (the command makes the folder only once it has something to put there)."""
+def check_out_folder(out: Path, option: str = "--out") -> None:
+    """An ``--out`` that must be a folder to write into, or one that can be made: anything else is a one-line error
+    before any work, and nothing is created here (the command makes the folder only once it has something to put
+    there)."""
     if out.exists():
         if not out.is_dir():
-            fail(f"--out {out} exists and is not a folder")
+            fail(f"{option} {out} exists and is not a folder")
+        if not os.access(out, os.W_OK | os.X_OK):
+            fail(f"{option} {out} is not writable")
         return
-    ancestor = next(parent for parent in out.absolute().parents if parent.exists())
+    check_makeable(out, option)
+
+
+def check_makeable(path: Path, option: str) -> None:
+    """A path the command creates, or writes beside itself and renames into place: the folder it goes in must be
+    writable, or makeable, so that a long run does not fail only when it saves its result."""
+    parent = path.absolute().parent
+    ancestor = next(folder for folder in (parent, *parent.parents) if folder.exists())
     if not ancestor.is_dir():
-        fail(f"--out {out} cannot be made: {ancestor} is not a folder")
+        fail(f"{option} {path} cannot be made: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        fail(f"--out {out} cannot be made: {ancestor} is not writable")
+        fail(f"{option} {path} cannot be {'made' if ancestor != parent else 'written'}: {ancestor} is not writable")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.errors import EXIT_FAILURE, fail
+from cli.errors import EXIT_FAILURE, check_makeable, fail, first_line
 
 train_app = typer.Typer(help="Train the tiny VAE, anchor model and shortcut detail model.", no_args_is_help=True)
 
@@ -117,8 +117,9 @@ def _cache(path: Path, device: str, weights_object: bool = False, counterfactual
     return cache
 
 
-def _check_out(out: Path, snapshots: bool = False, latents: Optional[Path] = None) -> None:
-    """Before any work: ``--out`` (and ``OUT.snapshot``) must be free or a bundle, and must not hold the input."""
+def _check_out(out: Path, report: Optional[Path], snapshots: bool = False, latents: Optional[Path] = None) -> None:
+    """Before any work: ``--out`` (and ``OUT.snapshot``) must be free or a bundle, in a folder it can be written to,
+    and must not hold the input; ``--report`` must be writable too."""
     from pixelwizard.bundle import ModelFolderError, check_replaceable
 
     try:
@@ -127,8 +128,17 @@ def _check_out(out: Path, snapshots: bool = False, latents: Optional[Path] = Non
             check_replaceable(out.with_name(out.name + ".snapshot"))
     except ModelFolderError as exc:
         fail(f"--out: {exc}")
+    check_makeable(out, "--out")
+    _check_report(report)
     if latents is not None and latents.resolve().is_relative_to(out.resolve()):
         fail(f"--latents {latents} lies inside --out {out}, which the run replaces")
+
+
+def _check_report(report: Optional[Path]) -> None:
+    if report is not None:
+        if report.is_dir():
+            fail(f"--report {report} is a folder; a report is one JSON file")
+        check_makeable(report, "--report")
 
 
 def _write_report(report: Path, body: dict) -> None:
@@ -150,11 +160,15 @@ def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> 
         fail(f"training diverged ({', '.join(f'{k}={v}' for k, v in bad.items())} after {result.steps} steps); "
              f"{out} not written", EXIT_FAILURE)
     if _is_main():
-        write_bundle(pipe, out)
-        typer.echo(f"wrote {out} after {result.steps} steps in {result.seconds:.1f} s")
-        if report is not None:
-            _write_report(report, {"steps": result.steps, "seconds": round(result.seconds, 2), "settings": settings,
-                                   "history": result.history})
+        try:
+            write_bundle(pipe, out)
+            typer.echo(f"wrote {out} after {result.steps} steps in {result.seconds:.1f} s")
+            if report is not None:
+                _write_report(report, {"steps": result.steps, "seconds": round(result.seconds, 2),
+                                       "settings": settings, "history": result.history})
+        except OSError as exc:  # checked before the run; a disk that filled up or a folder locked since
+            _leave_process_group()
+            fail(f"{exc.filename or out} not written: {exc.strerror or exc}", EXIT_FAILURE)
     _leave_process_group()
 
 
@@ -238,7 +252,7 @@ def train_vae_command(
     settings = dict(locals())  # the command's options, for the report (before any local name exists)
     from pixelwizard.training.config import ConfigError, VaeLossConfig
 
-    _check_out(out)
+    _check_out(out, report)
     target = _setup(device)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, seed=seed,
@@ -306,6 +320,8 @@ def encode_command(
         fail(f"max seconds must be > 0, got {max_seconds}")
     if out.is_dir():
         fail(f"--out {out} is a folder; a latent cache is one file")
+    check_makeable(out, "--out")
+    _check_report(report)
     from pixelwizard.training.latents import LatentCache
 
     try:
@@ -329,11 +345,14 @@ def encode_command(
         )
     except ValueError as exc:  # options the data cannot serve (counterfactual anchors of real clips)
         fail(str(exc))
-    cache.save(out)
     seconds = time.monotonic() - started
-    typer.echo(f"wrote {out}: {len(cache)} clips in {seconds:.1f} s")
-    if report is not None:
-        _write_report(report, {"clips": len(cache), "seconds": round(seconds, 2)})
+    try:
+        cache.save(out)
+        typer.echo(f"wrote {out}: {len(cache)} clips in {seconds:.1f} s")
+        if report is not None:
+            _write_report(report, {"clips": len(cache), "seconds": round(seconds, 2)})
+    except (OSError, RuntimeError) as exc:  # as above; torch's writer raises RuntimeError for a file it cannot open
+        fail(f"{out} not written: {first_line(exc)}", EXIT_FAILURE)
 
 
 @train_app.command("anchor")
@@ -379,7 +398,7 @@ def train_anchor_command(
         fail("--layers, --heads, --head-dim and --ffn-dim set a new size, which starts from fresh weights: add --reinit")
     if (problem := size_problem(sizes)) is not None:
         fail(problem)
-    _check_out(out, snapshot_every is not None, latents)
+    _check_out(out, report, snapshot_every is not None, latents)
     target = _setup(device)
     cfg = _config(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, 0.999), warmup_steps=warmup,
                   lr_decay=lr_decay, ema=ema,
@@ -444,7 +463,7 @@ def train_detail_command(
     settings = dict(locals())  # the command's options, for the report (before any local name exists)
     from pixelwizard.training.config import ShortcutConfig
 
-    _check_out(out, snapshot_every is not None, latents)
+    _check_out(out, report, snapshot_every is not None, latents)
     target = _setup(device)
     shortcut = ShortcutConfig(sc_prob=sc_prob, sc_weight=sc_weight, starts=_parse_floats(sc_starts, "start timesteps"), levels=dt_levels, lam=lam,
                               k_sampling=k_sampling, dt_grid=dt_grid, calibration=calibration)

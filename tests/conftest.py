@@ -279,3 +279,19 @@ def pg_proxy(pg_url: str, tcp_proxy) -> tuple[CuttableProxy, str]:
     url = make_url(pg_url)
     proxy = tcp_proxy(f"//{url.host}:{url.port or 5432}")
     return proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def locked_folder(tmp_path) -> Iterator[Path]:
+    """A folder no file can be made in: read-only by its mode, and immutable (chattr +i) where the tests run as root,
+    whom modes do not stop."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    yield folder
+    if as_root:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)

@@ -154,6 +154,16 @@ def test_more_bad_input_is_one_line(env, tmp_path, args, settings, message):
     assert existing.read_text() == "a red circle moves right\n"
 
 
+@pytest.mark.parametrize("command", [["render", "a red circle moves right"], ["batch", "run", "{file}"]])
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_render(env, tmp_path, locked_folder, command):
+    """render had rendered every prompt, then failed each on writing its video (exit 1)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moves right\n")
+    result = run(env, *[a.format(file=prompts) for a in command], "--out", str(locked_folder), timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [f"error: --out {locked_folder} is not writable"], result.stderr
+
+
 @pytest.fixture
 def broken_bundle(tmp_path):
     """A copy of the shipped bundle, to be damaged by a test."""

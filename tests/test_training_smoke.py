@@ -251,6 +251,36 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(bundle_and_cache
     assert previous.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("args", "option", "where"),
+    [
+        (["vae", "--steps", "1"], "--out", "locked"),
+        (["encode", "--clips", "1"], "--out", "locked"),
+        (["encode", "--clips", "1"], "--report", "locked"),
+        (["detail", "--latents", "{cache}", "--steps", "1"], "--out", "locked"),
+        (["anchor", "--latents", "{cache}", "--steps", "1"], "--report", "locked"),
+        (["detail", "--latents", "{cache}", "--steps", "1"], "--out", "under a file"),
+        (["vae", "--steps", "1"], "--report", "a folder"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(bundle_and_cache, tmp_path, locked_folder, args,
+                                                                     option, where):
+    """Each had failed only once the run had trained, with a traceback, its result lost."""
+    bundle, cache_file = bundle_and_cache
+    note = tmp_path / "note.txt"
+    note.write_text("mine")
+    destination = {"locked": locked_folder / "result", "under a file": note / "result", "a folder": tmp_path}[where]
+    paths = {"--out": tmp_path / "out", "--report": tmp_path / "report.json", option: destination}
+    result = invoke(*[a.format(cache=cache_file) for a in args], "--model", bundle, "--device", "cpu",
+                    *[arg for pair in paths.items() for arg in pair])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    expected = {"locked": f"error: {option} {destination} cannot be written: {locked_folder} is not writable",
+                "under a file": f"error: {option} {destination} cannot be made: {note} is not a folder",
+                "a folder": f"error: {option} {destination} is a folder; a report is one JSON file"}[where]
+    assert result.exit_code == 2 and lines == [expected], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "note.txt"] and not any(locked_folder.iterdir())
+
+
 @pytest.mark.parametrize("target", ["weights of the model", "captions", "a note"])
 def test_encode_replaces_only_a_latent_cache(bundle_and_cache, tmp_path, target):
     """encode's --out may be an earlier cache (test_bad_input_... writes over one), never any other file: not the

@@ -92,8 +92,12 @@ class LatentCache:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk or a stop: no partial file is left beside the cache
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -121,6 +125,8 @@ def _read_fields(path: str | os.PathLike, *, mmap: bool) -> dict:
         stored = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # unpickling arbitrary bytes fails in many ways (KeyError, UnpicklingError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if reason.startswith("Weights only load failed"):  # torch's advice to load it unsafely is not ours to give
+            reason = "it holds objects other than tensors and plain values, which are never loaded"
         raise ValueError(f"{path} is not a readable latent cache ({reason})") from None
     required = {f.name for f in fields(LatentCache) if f.default is MISSING}
     if not isinstance(stored, dict) or not required <= set(stored) <= {f.name for f in fields(LatentCache)}:
