@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from prefect.exceptions import TerminationSignal
 from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -183,7 +184,8 @@ def run_stage(
             stored = work(job, keeper.check)
         keeper.check()
     except BaseException as exc:
-        stopped = isinstance(exc, (StopRequested, KeyboardInterrupt, SystemExit))
+        # TerminationSignal: SIGTERM where Prefect's handler, not the CLI's, is in place (while a flow runs)
+        stopped = isinstance(exc, (StopRequested, KeyboardInterrupt, SystemExit, TerminationSignal))
         outcome = AttemptOutcome.interrupted if stopped or is_outage(exc) else AttemptOutcome.failed
         try:
             with factory.begin() as session:

@@ -390,8 +390,8 @@ CANCELLED_ERROR = "cancelled by the operator"
 
 def cancel_jobs(session: Session, batch_id: int, *, job_id: int | None = None) -> int:
     """Cancel the batch's unfinished jobs (or the one ``job_id``): no worker claims them again, the worker holding
-    one loses its lease, and their running attempts end failed with ``CANCELLED_ERROR``. Done jobs stay done, and
-    failed ones failed (with their error).
+    one loses its lease, and their running attempts end interrupted (stopped from outside, so not counted against
+    the limit) with ``CANCELLED_ERROR``. Done jobs stay done, and failed ones failed (with their error).
 
     Jobs first, then their attempts: the lock order of every other writer (see ``requeue_expired``).
     """
@@ -411,7 +411,7 @@ def cancel_jobs(session: Session, batch_id: int, *, job_id: int | None = None) -
             session,
             update(Attempt)
             .where(Attempt.job_id.in_(chunk), Attempt.outcome == AttemptOutcome.running)
-            .values(outcome=AttemptOutcome.failed, finished_at=now, error=CANCELLED_ERROR),
+            .values(outcome=AttemptOutcome.interrupted, finished_at=now, error=CANCELLED_ERROR),
         )
     return len(cancelled)
 

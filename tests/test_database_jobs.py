@@ -308,7 +308,7 @@ def test_cancel_stops_every_unfinished_job_and_a_requeue_takes_them_up_again(fac
     assert {(j.status, j.lease_owner, j.last_error) for j in cancelled.values()} == {(S.cancelled, None, CANCELLED_ERROR)}
     with factory() as session:
         attempt = session.get(Attempt, running.id)
-        assert (attempt.outcome, attempt.error) == (AttemptOutcome.failed, CANCELLED_ERROR)
+        assert (attempt.outcome, attempt.error) == (AttemptOutcome.interrupted, CANCELLED_ERROR)  # had been failed
     with factory.begin() as session, pytest.raises(StaleJobError):  # the worker finds out at its next heartbeat
         heartbeat(session, held, "worker-a", 60)
     assert claim_next_job(factory, batch_id, "worker-b", lease_seconds=60) is None

@@ -446,51 +446,58 @@ def test_prefects_ephemeral_server_ends_with_the_cli_even_when_the_cli_is_killed
             os.killpg(killed.pid, signal.SIGKILL)
 
 
-def start_a_long_render(env, model, tmp_path, out) -> tuple[subprocess.Popen, Attempt]:
-    """A real `batch run` of two prompts whose render stage lasts many heartbeats (400 detail steps), returned with
-    the attempt of the first render once it runs."""
+def start_a_long_stage(env, model, tmp_path, out, stage=JobStatus.rendering) -> tuple[subprocess.Popen, Attempt]:
+    """A real `batch run` of two prompts whose render stage (or anchor stage) lasts many heartbeats (400 steps),
+    returned with the attempt of the first job's stage once it runs."""
+    steps = {"anchor_steps": 400, "detail_steps": 3} if stage == JobStatus.anchoring else {"anchor_steps": 3,
+                                                                                          "detail_steps": 400}
     process = run_cli(env, "batch", "run", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "--model", model,
-                      "--out", str(out), "--set", "num_frames=9", "--set", "anchor_steps=3", "--set", "detail_steps=400")
-    deadline, rendering = time.monotonic() + 240, None
-    while rendering is None and time.monotonic() < deadline and process.poll() is None:
+                      "--out", str(out), "--set", "num_frames=9",
+                      *[arg for field, value in steps.items() for arg in ("--set", f"{field}={value}")])
+    deadline, running = time.monotonic() + 240, None
+    while running is None and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         try:
             with resources.database()() as session:
-                rendering = session.scalars(select(Attempt).where(
-                    Attempt.stage == JobStatus.rendering, Attempt.outcome == AttemptOutcome.running)).first()
+                running = session.scalars(select(Attempt).where(
+                    Attempt.stage == stage, Attempt.outcome == AttemptOutcome.running)).first()
         except Exception:  # the database is created by the child; it may not exist yet
             pass
-    assert rendering is not None, "no render started"
-    return process, rendering
+    assert running is not None, f"no {stage} started"
+    return process, running
 
 
-@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sent", "code", "stage"), [(signal.SIGINT, 130, JobStatus.rendering),
+                                                     (signal.SIGTERM, 143, JobStatus.rendering),
+                                                     (signal.SIGTERM, 143, JobStatus.anchoring)])
 def test_ctrl_c_or_sigterm_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path,
-                                                                                              sent, code):
-    """A real batch process gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-render, with 10-minute leases: it stops
-    within a step (it had gone on rendering every job in its worker thread), hands the job back, and exits quietly
-    (SIGTERM had ended in a traceback, exit 1); the resume right after does not wait."""
+                                                                                              sent, code, stage):
+    """A real batch process gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-render or mid-anchor, with 10-minute
+    leases: it stops within a step (it had gone on rendering every job in its worker thread), hands the job back, and
+    exits quietly (SIGTERM had ended in a traceback, exit 1, and mid-anchor had counted a failed try and kept the
+    lease: there Prefect's own SIGTERM handler raises); the resume right after does not wait."""
     env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
     out = tmp_path / "out"
-    process, rendering = start_a_long_render(env, model, tmp_path, out)
+    process, running = start_a_long_stage(env, model, tmp_path, out, stage)
     process.send_signal(sent)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == code and "Traceback" not in output, output
-    [held] = [j for j in jobs_of(1) if j.id == rendering.job_id]
-    assert (held.status, held.lease_owner) == (JobStatus.anchored, None)
-    assert [a.id for a in attempts_of(1) if a.stage != JobStatus.anchoring] == [rendering.id]
+    [held] = [j for j in jobs_of(1) if j.id == running.job_id]
+    before = JobStatus.pending if stage == JobStatus.anchoring else JobStatus.anchored
+    assert (held.status, held.lease_owner) == (before, None)
+    assert [a.id for a in attempts_of(1) if a.id >= running.id] == [running.id]  # nothing went on after the signal
 
     resumed = run_cli(env, "batch", "resume", "1", "--model", model, "--out", str(out))
-    output, _ = resumed.communicate(timeout=300)
+    output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     with resources.database()() as session:
-        assert session.get(Attempt, rendering.id).outcome == AttemptOutcome.interrupted  # not counted as a try
+        assert session.get(Attempt, running.id).outcome == AttemptOutcome.interrupted  # not counted as a try
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(1))
 
 
 def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_batch_up_again(env, model, tmp_path):
     out = tmp_path / "out"  # the render lasts many heartbeats of 1.25 s (the 5-s lease here)
-    process, rendering = start_a_long_render(env, model, tmp_path, out)
+    process, rendering = start_a_long_stage(env, model, tmp_path, out)
     [victim] = [j for j in jobs_of(1) if j.id == rendering.job_id]
 
     from typer.testing import CliRunner
@@ -505,7 +512,7 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
     assert "Traceback" not in output
     with resources.database()() as session:
         attempt = session.get(Attempt, rendering.id)
-    assert (attempt.outcome, attempt.error) == (AttemptOutcome.failed, "cancelled by the operator")
+    assert (attempt.outcome, attempt.error) == (AttemptOutcome.interrupted, "cancelled by the operator")
     assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.cancelled] * 2
     detail_key = job_work.plan_job(victim, "float32").detail_key
     assert resources.cache().entry_object(ArtifactKind.detail_latent, detail_key) is None  # stopped mid-sampling
