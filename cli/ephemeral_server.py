@@ -1,9 +1,13 @@
-"""Prefect's ephemeral API server, started by the CLI together with a watcher that stops it if the CLI is killed.
+"""Prefect's ephemeral API server, started by the CLI in a session of its own and with a watcher that stops it if the
+CLI is killed.
 
-Prefect starts that server as a child process and stops it at exit, but a CLI killed with SIGKILL (the OOM killer,
-``kill -9``) runs no exit handler, and the server lives on, holding a port and memory, one more each night. The
-watcher is a second, small child that waits on pidfds (Linux) for the CLI or the server to end; if the CLI ends first,
-it stops the server. Pidfds, opened by the CLI and passed down, cannot point at a reused process id.
+Prefect starts that server as a child process and stops it at exit. In the CLI's process group it would also get
+the SIGINT of a Ctrl-C in a terminal (or a ``kill -- -PGID``) and die under the CLI, which then spent minutes retrying
+a dead API and printed tracebacks; in a session of its own, only the CLI gets the signal, stops at its next step,
+and stops the server. A CLI killed with SIGKILL (the OOM killer, ``kill -9``) runs no exit handler, and the server
+would live on, holding a port and memory, one more each night. The watcher is a second, small child that waits on
+pidfds (Linux) for the CLI or the server to end; if the CLI ends first, it stops the server. Pidfds, opened by the CLI
+and passed down, cannot point at a reused process id.
 
 Run as ``python -m cli.ephemeral_server CLI_FD SERVER_FD`` by ``start_watched`` only.
 """
@@ -32,7 +36,12 @@ def start_watched() -> None:
     server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
     if server.running:
         return
-    server.start()
+    prefect_server = sys.modules[SubprocessASGIServer.__module__]
+    prefect_server.subprocess = _OwnSession()  # Prefect's start calls subprocess.Popen; Prefect has no option for this
+    try:
+        server.start()
+    finally:
+        prefect_server.subprocess = subprocess
     cli_fd, server_fd = os.pidfd_open(os.getpid()), os.pidfd_open(server.server_process.pid)
     try:
         subprocess.Popen([sys.executable, "-m", "cli.ephemeral_server", str(cli_fd), str(server_fd)],
@@ -40,6 +49,17 @@ def start_watched() -> None:
     finally:
         os.close(cli_fd)
         os.close(server_fd)
+
+
+class _OwnSession:
+    """``subprocess`` as Prefect's server module sees it while the server starts: its Popen starts a new session."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs) -> subprocess.Popen:  # noqa: N802 (the name Prefect calls)
+        return subprocess.Popen(*args, start_new_session=True, **kwargs)
 
 
 def watch(cli_fd: int, server_fd: int) -> None:

@@ -400,17 +400,16 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(batch_id))
 
 
-def session_processes(session_id: int) -> dict[int, str]:
-    """Live processes of a session (pid -> command line), read from /proc; zombies count as ended."""
+def processes_with(environment_entry: str) -> dict[int, str]:
+    """Live processes (pid -> command line) whose environment holds ``environment_entry``; zombies count as ended."""
     found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (FileNotFoundError, ProcessLookupError):
+            ended = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            if not ended and environment_entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if int(fields[3]) == session_id and fields[0] != "Z":  # after ')': state, ppid, pgrp, session
-            found[int(stat.parent.name)] = cmdline
     return found
 
 
@@ -421,29 +420,40 @@ def wait_for(condition, seconds: float):
     return result
 
 
-def test_prefects_ephemeral_server_ends_with_the_cli_even_when_the_cli_is_killed_alone(env, model, tmp_path):
+def test_prefects_ephemeral_server_ends_with_the_cli_however_the_cli_ends(env, model, tmp_path):
     """Without a Prefect server configured, `batch run` starts Prefect's ephemeral one (a child process). It ends with
-    the CLI at exit; and when the CLI alone is killed with SIGKILL (the OOM killer), which runs no exit handler, the
-    watcher started beside it stops it, where before it lived on. No process of the CLI's session outlives it."""
-    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    the CLI when the batch finishes; on Ctrl-C in a terminal (SIGINT to the whole process group), which had killed the
+    server under the CLI, so that the CLI retried the dead API for minutes and printed tracebacks; and when the CLI
+    alone is killed with SIGKILL (the OOM killer), which runs no exit handler, and the server had lived on."""
+    home = tmp_path / "prefect"  # marks every process of these runs: the CLI's environment passes down
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
+    ours = lambda: processes_with(f"PREFECT_HOME={home}")
     source = str(write_prompts(tmp_path / "p.txt", PROMPTS[:1]))
-    finished = run_cli(env, "batch", "run", source, "--model", model, "--out", str(tmp_path / "out"),
-                       *[arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")])
-    output, _ = finished.communicate(timeout=300)
-    assert finished.returncode == 0, output
-    assert wait_for(lambda: not session_processes(finished.pid), 10), session_processes(finished.pid)
-
-    killed = run_cli(env, "batch", "run", source, "--model", model, "--seed", "1")
     try:
-        watching = lambda: any("-m cli.ephemeral_server" in cmd for cmd in session_processes(killed.pid).values())
+        finished = run_cli(env, "batch", "run", source, "--model", model, "--out", str(tmp_path / "out"),
+                           *[arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")])
+        output, _ = finished.communicate(timeout=300)
+        assert finished.returncode == 0, output
+        assert wait_for(lambda: not ours(), 10), ours()
+
+        interrupted, _ = start_a_long_stage(env, model, tmp_path, tmp_path / "out")
+        assert any("uvicorn" in cmd for cmd in ours().values()), ours()
+        os.killpg(interrupted.pid, signal.SIGINT)
+        output, _ = interrupted.communicate(timeout=60)
+        assert interrupted.returncode == 130 and "Traceback" not in output, output
+        assert wait_for(lambda: not ours(), 10), ours()
+
+        killed = run_cli(env, "batch", "run", source, "--model", model, "--seed", "1")
+        watching = lambda: any("-m cli.ephemeral_server" in cmd for cmd in ours().values())
         assert wait_for(watching, 240) and killed.poll() is None, killed.communicate()[0]
-        assert any("uvicorn" in cmd for cmd in session_processes(killed.pid).values()), session_processes(killed.pid)
+        assert any("uvicorn" in cmd for cmd in ours().values()), ours()
         os.kill(killed.pid, signal.SIGKILL)  # the CLI only, not its process group
         killed.wait()
-        assert wait_for(lambda: not session_processes(killed.pid), 20), session_processes(killed.pid)
+        assert wait_for(lambda: not ours(), 20), ours()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(killed.pid, signal.SIGKILL)
+        for pid in ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def start_a_long_stage(env, model, tmp_path, out, stage=JobStatus.rendering) -> tuple[subprocess.Popen, Attempt]:
