@@ -301,7 +301,7 @@ def submit(
     from flows.ingestion import FORMATS, prompt_format
     from pixelwizard.presets import get_preset
     from pixelwizard.prompts import parse_prompts
-    from storage.sources import read_source
+    from storage.sources import absolute_source, read_source
 
     overrides = _parse_overrides(override or [])
     try:
@@ -316,7 +316,8 @@ def submit(
         fail("no Prefect API configured: set PREFECT_API_URL (see docs/deployment.md)")
     from prefect.deployments import run_deployment
 
-    parameters = {"source": file, "preset": preset, "model": model, "seed": seed, "overrides": overrides}
+    source = absolute_source(file)  # the workers run in another folder
+    parameters = {"source": source, "preset": preset, "model": model, "seed": seed, "overrides": overrides}
     parameters |= {name: value for name, value in (("workers", workers), ("gpus", gpus)) if value is not None}
     import httpx
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
@@ -328,7 +329,7 @@ def submit(
              "docs/deployment.md)", EXIT_FAILURE)
     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # no server there, or it refused
         fail(f"cannot start {deployment} on {_api_url()}: {first_line(exc)}", EXIT_FAILURE)
-    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment}")
+    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {source}")
 
 
 def _api_url() -> str:
@@ -524,9 +525,11 @@ def cache_gc(
     from flows.cache_gc import collect_garbage
 
     try:
-        removed = collect_garbage(older_than_days, dry_run=dry_run)
+        removed, foreign = collect_garbage(older_than_days, dry_run=dry_run)
     except _known_errors() as exc:
         fail(str(exc))
     for key in removed:
         typer.echo(("would remove " if dry_run else "removed ") + key)
+    for key in foreign:
+        typer.echo(f"kept {key}: not a cache record PixelWizard can read (put there by hand?)")
     typer.echo(f"{len(removed)} object(s) {'to remove' if dry_run else 'removed'}")

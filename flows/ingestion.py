@@ -11,7 +11,7 @@ from flows import resources
 from pixelwizard.presets import get_preset
 from pixelwizard.prompts import PromptFileError, PromptSpec, parse_prompts
 from storage.jobs import JobSpec, add_jobs, ensure_batch
-from storage.sources import read_source
+from storage.sources import absolute_source, read_source
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl"}
 
@@ -50,7 +50,8 @@ def create_batch_from_source(
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     with resources.database().begin() as session:
         batch = ensure_batch(
-            session, idempotency_key=key, name=name or PurePosixPath(source).stem, source=source, preset=preset
+            session, idempotency_key=key, name=name or PurePosixPath(source).stem, source=absolute_source(source),
+            preset=preset,
         )
         add_jobs(
             session,

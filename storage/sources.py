@@ -11,6 +11,14 @@ from urllib.parse import unquote, urlsplit
 from storage.errors import ObjectNotFoundError, StoreConfigError
 
 
+def absolute_source(uri: str) -> str:
+    """A plain path made absolute (a URI unchanged): what a batch records as its source, so that it names the file
+    from any folder, and what a submitted run is given, so that a worker (in another folder) reads the same file."""
+    if uri[:5].lower() == "s3://" or urlsplit(uri).scheme:
+        return uri
+    return str(Path(uri).absolute())
+
+
 def read_source(uri: str) -> bytes:
     """The bytes at ``uri``; ``ObjectNotFoundError``/``StoreConfigError`` with one-line messages."""
     if uri[:5].lower() == "s3://":  # split by hand: an S3 key may hold '#' and '?', which a URL parser cuts off

@@ -257,12 +257,15 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         assert sorted(r["idempotency_key"] for r in renders) == [f"{run_id}-render-{i}" for i in range(GPUS)]
 
         # `pixelwizard batch submit` sends only what it is given: GPU slots stay the deployment's (prefect.yaml: 8).
+        # A path relative to where it runs is sent absolute (the worker, in the checkout, had found no such file).
         sets = [arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")]
         submit = subprocess.run(
-            [sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--preset", "tiny", "--workers", "1",
-             "--model", model, *sets], cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+            [sys.executable, "-m", "cli", "batch", "submit", prompts.name, "--preset", "tiny", "--workers", "1",
+             "--model", model, *sets], cwd=prompts.parent, env=client_env, capture_output=True, text=True,
+            timeout=CLI_TIMEOUT_S)
         assert submit.returncode == 0, submit.stderr
         submitted_id = re.search(r"submitted flow run ([0-9a-f-]{36})", submit.stdout).group(1)
+        assert submit.stdout.rstrip().endswith(f"of nightly-batch/nightly-batch for {prompts}"), submit.stdout
         missing = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--deployment",
                                   "nightly-batch/nope"], cwd=REPO, env=client_env, capture_output=True, text=True,
                                  timeout=CLI_TIMEOUT_S)
@@ -271,6 +274,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
             "docs/deployment.md)"), missing.stderr
         again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
         assert (again["parameters"]["workers"], again["parameters"]["gpus"]) == (1, 8)
+        assert again["parameters"]["source"] == str(prompts)
         while again["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):  # the same batch: no work
             services.check_alive()
             assert time.monotonic() < deadline + RUN_TIMEOUT_S, f"submitted run still {again['state_name']}"

@@ -126,12 +126,17 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     assert listing.returncode == 0 and listing.stdout.count("anchors/") == 9, listing.stderr
     assert "           ?  anchors/notes.txt  (not written by PixelWizard: no checksum)\n" in listing.stdout
 
-    # Garbage collection removes finished jobs' latents past the age limit, never the videos.
+    # Garbage collection removes finished jobs' latents past the age limit, never the videos, and keeps (and names)
+    # what it did not write: a JSON file among its records had stopped it with exit 2.
     store = resources.cache().store
+    (store.root / "anchors" / "handmade.json").write_text("{}")
     gc = subprocess.run([sys.executable, "-m", "cli", "cache", "gc", "--older-than-days", "0"], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=120)
     assert gc.returncode == 0, gc.stderr
-    assert list(store.list("anchors/")) == ["anchors/notes.txt"] and list(store.list("details/")) == []  # not its own
+    assert "kept anchors/handmade.json: not a cache record PixelWizard can read (put there by hand?)\n" in gc.stdout
+    assert gc.stdout.endswith("16 object(s) removed\n"), gc.stdout  # 4 jobs x (anchor, detail) x (payload, record)
+    assert list(store.list("anchors/")) == ["anchors/handmade.json", "anchors/notes.txt"]  # not its own
+    assert list(store.list("details/")) == []
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
 
 
