@@ -274,11 +274,15 @@ def train_vae_command(
     source = _dataset(data, frames, width, height, clips, seed)
     pipe = _open(model, target, seed)
 
+    from pixelwizard.training.datasets import DatasetError
     from pixelwizard.training.latents import set_latent_stats
     from pixelwizard.training.trainer import train_vae
 
-    result = train_vae(pipe.vae, source, cfg, loss_cfg, typer.echo)
-    set_latent_stats(pipe.vae, source.clips(list(range(min(stats_clips, len(source)))), target))
+    try:
+        result = train_vae(pipe.vae, source, cfg, loss_cfg, typer.echo)
+        set_latent_stats(pipe.vae, source.clips(list(range(min(stats_clips, len(source)))), target))
+    except DatasetError as exc:  # a real clip that decodes short of the frames its header counts (checked at opening)
+        fail(f"{exc}; {out} not written")
     _finish(pipe, out, result, report, settings)
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,66 @@ def test_a_bad_captions_line_is_named_by_file_and_line(real_clips, tmp_path, con
     frames = 9 if "too short" in str(content) else 5
     with pytest.raises(DatasetError, match=message):
         RealClips(broken, frames=frames, width=64, height=32)
+
+
+@pytest.fixture
+def own_clips(real_clips, tmp_path):
+    """A copy of the real clips, whose captions file a test may change."""
+    import shutil
+
+    return Path(shutil.copytree(real_clips, tmp_path / "real"))
+
+
+def test_a_captions_file_reads_as_prompt_files_do_bom_crlf_and_a_line_separator_inside_a_caption(own_clips):
+    """A byte order mark had made line 1 "not valid JSON", and U+2028 (valid inside a JSON string) had split a line."""
+    captions = own_clips / "captions.jsonl"
+    captions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"video": "clips/a.mp4", "caption": "one\u2028two"},
+                                                       ensure_ascii=False).encode() + b"\r\n{\"video\": 1}\r\n")
+    with pytest.raises(DatasetError, match="captions.jsonl:2: expected an object"):  # numbered as an editor shows it
+        RealClips(captions, frames=5, width=64, height=32)
+    captions.write_bytes(captions.read_bytes().split(b"\r\n")[0] + b"\r\n")
+    assert RealClips(captions, frames=5, width=64, height=32).caption(0) == "one\u2028two"
+
+
+@pytest.fixture
+def damaged_clip(own_clips):
+    """A captions file whose one clip, on line 2, has its second half zeroed: its header counts 48 frames, which the
+    check at opening reads, and 24 decode."""
+    from pixelwizard.video import encode_video, probe_video, read_video
+
+    clip = own_clips / "clips" / "damaged.mp4"
+    encode_video(iter(np.random.default_rng(0).integers(0, 255, (48, 32, 64, 3), dtype=np.uint8)), clip, fps=8)
+    data = bytearray(clip.read_bytes())
+    start = data.index(b"mdat") + (len(data) - data.index(b"mdat")) // 2
+    clip.write_bytes(bytes(data[:start]) + bytes(len(data) - start))
+    assert (probe_video(clip).frames, read_video(clip).shape[0]) == (48, 24)
+    captions = own_clips / "damaged.jsonl"  # after a blank line
+    captions.write_text("\n" + json.dumps({"video": "clips/damaged.mp4", "caption": "a damaged clip"}) + "\n")
+    return captions
+
+
+def test_a_clip_that_decodes_short_of_its_header_is_named_by_file_and_line_when_read(damaged_clip):
+    data = RealClips(damaged_clip, frames=33, width=64, height=32)  # the header's count passes the opening check
+    with pytest.raises(DatasetError, match=r"damaged.jsonl:2: video .*damaged.mp4 decodes to 24 frames, need at "
+                                           r"least 33 \(damaged\?\)"):
+        data.clips([0])
+
+
+def test_train_vae_stopped_by_such_a_clip_is_one_line_exit_2_and_writes_nothing(damaged_clip, tmp_path):
+    """It had ended in a traceback, exit 1, at whatever step first drew the clip."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "vae"
+    result = CliRunner().invoke(app, ["train", "vae", "--data", str(damaged_clip), "--out", str(out), "--frames", "33",
+                                      "--width", "64", "--height", "32", "--crop", "32x64", "--steps", "3",
+                                      "--batch-size", "3", "--stats-clips", "1", "--device", "cpu"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and lines[0].endswith(f"decodes to 24 frames, need at least 33 (damaged?); "
+                                                                f"{out} not written"), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]  # no bundle, nothing staged beside it
 
 
 def test_a_missing_dataset_is_named(tmp_path):

@@ -134,10 +134,11 @@ class RealClips:
     def _read(self) -> list[tuple[Path, str] | None]:
         items: list[tuple[Path, str] | None] = []
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes().decode("utf-8-sig")  # a byte order mark, as some editors write, is fine
         except UnicodeDecodeError as exc:
             raise DatasetError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Newlines only, as pixelwizard.prompts does: str.splitlines would also split at U+2028 inside a caption.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 items.append(None)
                 continue
@@ -155,6 +156,7 @@ class RealClips:
             if not video.is_file():
                 raise DatasetError(f"{where}: video {video} " + ("is not a file" if video.exists() else "does not exist"))
             items.append((video, caption.strip()))
+        self.lines = [f"{self.path}:{number}" for number, item in enumerate(items, start=1) if item is not None]
         self._check_videos([(number, item) for number, item in enumerate(items, start=1) if item is not None])
         return items
 
@@ -184,8 +186,9 @@ class RealClips:
         batch = []
         for i in indices:
             video = torch.from_numpy(read_video(self.items[i][0]).copy())
-            if video.shape[0] < self.frames:
-                raise DatasetError(f"{self.items[i][0]}: {video.shape[0]} frames, need at least {self.frames}")
+            if video.shape[0] < self.frames:  # its header counted enough (checked at opening), but not all decode
+                raise DatasetError(f"{self.lines[i]}: video {self.items[i][0]} decodes to {video.shape[0]} frames, "
+                                   f"need at least {self.frames} (damaged?)")
             batch.append(fit_clip(video, self.frames, self.width, self.height))
         return torch.stack(batch).to(device)
 
