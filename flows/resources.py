@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tempfile
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 LEASE_SECONDS_ENV = "PIXELWIZARD_LEASE_SECONDS"
 MAX_ATTEMPTS_ENV = "PIXELWIZARD_MAX_ATTEMPTS"
@@ -92,11 +94,23 @@ def database(url: str | None = None):
 
 @lru_cache(maxsize=None)
 def cache(url: str | None = None):
-    """The latent/video cache over the object store at ``url`` (default from settings)."""
+    """The latent/video cache over the object store at ``url`` (default from settings). Opening it also sweeps the
+    local temporary folders that killed workers left (``sweep_local_temporaries``)."""
     from storage.latent_cache import LatentCache
     from storage.object_store import open_store
 
-    return LatentCache(open_store(url))
+    opened = LatentCache(open_store(url))
+    sweep_local_temporaries()
+    return opened
+
+
+def sweep_local_temporaries() -> None:
+    """Remove the folders a worker keeps in the system's temporary folder while it encodes a video or moves a cache
+    entry (``pixelwizard-video-*``, ``pixelwizard-cache-*``) once a day untouched: a worker killed mid-stage leaves
+    them, a finished 4K video among them, and nothing else would ever remove them."""
+    from pixelwizard.leftovers import remove_stale
+
+    remove_stale(Path(tempfile.gettempdir()), "pixelwizard-", r"pixelwizard-(video|cache)-[a-z0-9_]{8}")
 
 
 _pipeline_lock = threading.Lock()

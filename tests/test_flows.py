@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,6 +139,24 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     assert list(store.list("anchors/")) == ["anchors/handmade.json", "anchors/notes.txt"]  # not its own
     assert list(store.list("details/")) == []
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
+
+
+def test_opening_the_cache_sweeps_the_temporary_folders_that_killed_workers_left(env, tmp_path, monkeypatch):
+    """A worker killed while it encoded a video left its folder (the finished MP4 inside) in the system's temporary
+    folder for good; now the next worker on the host removes it once a day old, and nothing else."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    day_old = time.time() - 25 * 3600
+    names = ["pixelwizard-video-k1a2_b3c", "pixelwizard-cache-0z9y8x7w", "pixelwizard-video-fresh123",
+             "pixelwizard-video-not-ours", "someone-elses-folder"]
+    for name in names:
+        (tmp_path / "tmp" / name).mkdir()
+        (tmp_path / "tmp" / name / "a.mp4").write_bytes(b"video")
+        if name != "pixelwizard-video-fresh123":
+            os.utime(tmp_path / "tmp" / name, (day_old, day_old))
+    resources.cache.cache_clear()
+    resources.cache()
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(names[2:])
 
 
 def cli_json(env, *args):
