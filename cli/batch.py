@@ -7,14 +7,17 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, check_out_folder, fail, first_line
+
+T = TypeVar("T")
 
 batch_app = typer.Typer(help="Render prompt files as tracked, resumable batches.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Single jobs of a batch.", no_args_is_help=True)
@@ -239,15 +242,19 @@ def run(
     overrides = _parse_overrides(override or [])
     if not 0 <= seed < SEED_LIMIT:
         fail(f"--seed must be a non-negative integer below 2**63, got {seed}")
-    _check_here(out, device, lambda: read_batch_input(file, preset, model, overrides))
+    _, specs, _ = _check_here(out, device, lambda: read_batch_input(file, preset, model, overrides))
+    from cli.prompt_warnings import warn_unread_words_of_bundle
+    from flows import resources
+
+    warn_unread_words_of_bundle(resources.model_path(model), specs)
     report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides))
     _finish(report, as_json, out)
 
 
-def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
+def _check_here(out: Path | None, device: str | None, check_inputs: Callable[[], T]) -> T:
     """Bad input is one line and exit 2 before any flow runs: ``--out``, the device, the worker settings,
-    ``check_inputs()``, then the run database and the object store (opened here, so that one out of reach fails
-    before any job does)."""
+    ``check_inputs()`` (whose result is returned), then the run database and the object store (opened here, so that
+    one out of reach fails before any job does)."""
     from flows import resources
     from pixelwizard.devices import resolve_device
 
@@ -256,11 +263,12 @@ def _check_here(out: Path | None, device: str | None, check_inputs) -> None:
     try:
         resolve_device(device)
         resources.worker_settings()
-        check_inputs()
+        checked = check_inputs()
         resources.database()
         resources.cache()
     except _known_errors() as exc:
         fail(first_line(exc))
+    return checked
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:

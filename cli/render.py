@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from cli.errors import EXIT_FAILURE, check_out_folder, fail, first_line
+from cli.prompt_warnings import warn_unread_words
 from cli.progress import StageProgress, quiet_libraries
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def render(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"--out {out}: {exc.strerror or exc}")
+    warn_unread_words(pipe.tokenizer, todo)
     pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
     failures = 0
     with StageProgress() as progress:

@@ -52,7 +52,7 @@ def test_render_writes_mp4s_named_by_prompt_id_with_the_right_frames_and_size(en
     out = tmp_path / "out"
     result = run(env, "render", "--prompts", str(prompts), "--out", str(out), "--width", "128", "--height", "64",
                  "--frames", "9", "--anchor-steps", "2", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and "warning:" not in result.stderr, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["blue-square.mp4", "red-circle.mp4"]
     video = read_video(out / "red-circle.mp4")
     assert video.shape == (9, 64, 128, 3)
@@ -68,12 +68,31 @@ def test_single_prompt_render(env, tmp_path):
     from pixelwizard.prompts import prompt_id_for_text
 
     out = tmp_path / "out"
-    result = run(env, "render", " a green ring orbits ", "--out", str(out), "--width", "64", "--height", "32",
-                 "--frames", "5", "--anchor-steps", "2", "--steps", "2")
+    result = run(env, "render", " a green ring orbits the Moon ", "--out", str(out), "--width", "64", "--height",
+                 "32", "--frames", "5", "--anchor-steps", "2", "--steps", "2")
     assert result.returncode == 0, result.stderr
     [video] = out.iterdir()
     # The id is the one the same line of a .txt prompt file gets (its text stripped).
-    assert video.name == f"{prompt_id_for_text('a green ring orbits')}.mp4" and read_video(video).shape == (5, 32, 64, 3)
+    prompt_id = prompt_id_for_text("a green ring orbits the Moon")
+    assert video.name == f"{prompt_id}.mp4" and read_video(video).shape == (5, 32, 64, 3)
+    # A word the tiny model does not know is named (the render goes on with the rest); known words are not.
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: prompt {prompt_id}: the model does not know 'Moon'"], result.stderr
+
+
+def test_batch_run_names_the_words_the_model_does_not_know_before_it_starts(env, tmp_path):
+    from pixelwizard.prompts import prompt_id_for_text
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moves right\na purple unicorn moves right\n")
+    sets = [arg for pair in (("--set", "num_frames=5"), ("--set", "anchor_steps=1"), ("--set", "detail_steps=1"))
+            for arg in pair]
+    result = run({**env, "PIXELWIZARD_HOME": str(tmp_path / "home")}, "batch", "run", str(prompts), *sets, "--out",
+                 str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    expected = f"warning: prompt {prompt_id_for_text('a purple unicorn moves right')}: the model does not know 'unicorn'"
+    assert warnings == [expected], result.stderr
 
 
 @pytest.fixture

@@ -222,3 +222,11 @@ def test_examples_parse_and_match() -> None:
     assert len(txt) == len(jsonl) == 4
     assert [s.prompt for s in txt] == [s.prompt for s in jsonl]
     assert all(s.seed is not None for s in jsonl)
+
+
+def test_unread_words_are_the_unknown_ones_as_written_and_the_tokens_past_the_limit() -> None:
+    from pixelwizard.models.tokenizer import build_word_tokenizer, unread_words
+
+    tokenizer = build_word_tokenizer(["a", "red", "circle"], model_max_length=8)
+    assert unread_words(tokenizer, "a red circle") == ([], 0)  # 3 words and the end token
+    assert unread_words(tokenizer, "A red cat, a red DOG circle, cat!") == (["cat", "DOG"], 1)  # 9 tokens of 8

@@ -26,3 +26,14 @@ def build_word_tokenizer(words: Iterable[str], model_max_length: int) -> PreTrai
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=model_max_length
     )
+
+
+def unread_words(tokenizer: PreTrainedTokenizerFast, text: str) -> tuple[list[str], int]:
+    """What of ``text`` a model reading it through ``tokenizer`` does not see: the words that map to the unknown
+    token (in order, once each), and how many tokens fall past the tokenizer's length limit and are cut off."""
+    encoded = tokenizer(text, return_offsets_mapping=True, verbose=False)
+    unknown: list[str] = []
+    for token, (start, end) in zip(encoded.input_ids, encoded.offset_mapping, strict=True):
+        if token == tokenizer.unk_token_id and text[start:end] not in unknown:
+            unknown.append(text[start:end])
+    return unknown, max(0, len(encoded.input_ids) - tokenizer.model_max_length)
