@@ -216,6 +216,9 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     console.print(f"wall time {report['wall_seconds']:.1f} s")
     for failure in report["failures"]:
         console.print(f"[red]failed[/] job {failure['job_id']} ({failure['prompt_id']}): {failure['error']}")
+    if report["stalled"]:
+        console.print(f"{report['stalled']} job(s) held by workers that no longer run (killed, or their lease "
+                      f"expired): 'pixelwizard batch resume {report['batch_id']}' takes them up")
     for item in report["outputs"]:
         console.print(f"{item['prompt_id']}: {item['uri']}")
 

@@ -8,12 +8,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.jobs import batch_summary, refresh_batch
-from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Job, JobStatus
+from flows.resources import worker_is_gone
+from storage.enums import WORKING_STATUSES
+from storage.models import Artifact, ArtifactKind, Attempt, AttemptOutcome, Job, JobStatus, utcnow
 
 
 def video_cache_key(uri: str) -> str:
     """The latent-cache key of a stored video from its URI (``.../videos/<key>.mp4``, local or S3)."""
     return uri.rsplit("/videos/", 1)[-1].removesuffix(".mp4")
+
+
+def _holder_gone(job: Job) -> bool:
+    """Whether the worker that holds a working job no longer runs: its lease expired, or it was a process of this
+    host that is gone (killed, or stopped before it could hand the job back)."""
+    expired = job.lease_expires_at is None or job.lease_expires_at < utcnow()
+    return expired or job.lease_owner is None or worker_is_gone(job.lease_owner)
 
 
 def batch_report(session: Session, batch_id: int) -> dict[str, Any]:
@@ -56,6 +65,7 @@ def batch_report(session: Session, batch_id: int) -> dict[str, Any]:
         "total": len(jobs),
         "stages": stages,
         "wall_seconds": round((last - first).total_seconds(), 3) if first and last else 0.0,
+        "stalled": sum(1 for j in jobs if j.status in WORKING_STATUSES and _holder_gone(j)),
         "failures": [
             {"job_id": j.id, "prompt_id": j.prompt_id, "error": j.last_error}
             for j in jobs

@@ -392,6 +392,13 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     # What the kill interrupted, read after it: the job may have finished the stage seen above in between.
     interrupted = [(a.job_id, a.stage) for a in attempts_of(victim.batch_id) if a.outcome == AttemptOutcome.running]
     assert len(interrupted) == 1, interrupted
+    # The batch still reads running; its status names the job no worker holds (it had given no hint).
+    status = cli_json(env, "batch", "status", str(victim.batch_id))
+    assert (status["status"], status["stalled"]) == ("running", 1), status
+    text = subprocess.run([sys.executable, "-m", "cli", "batch", "status", str(victim.batch_id)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120).stdout
+    assert (f"1 job(s) held by workers that no longer run (killed, or their lease expired): 'pixelwizard batch resume "
+            f"{victim.batch_id}' takes them up") in text, text
 
     with resources.database()() as session:
         batch_id = victim.batch_id
@@ -404,7 +411,7 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     report = json.loads(output[output.index("{"):])
-    assert report["status"] == "done" and report["counts"]["done"] == 4
+    assert report["status"] == "done" and report["counts"]["done"] == 4 and report["stalled"] == 0
     assert report["anchors"] == {"generated": 0, "cached": 0}  # the victim went back to its own stage, not to pending
     # The anchors that existed before the kill are the same objects, untouched.
     assert {k: store.stat(k).sha256 for k in store.list("anchors/") if k.endswith(".json")} == anchor_records
