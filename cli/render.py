@@ -53,10 +53,12 @@ def render(
     from pixelwizard.bundle import ModelFolderError, check_bundle
     from pixelwizard.devices import DeviceError, resolve_device
     from pixelwizard.presets import PresetError, get_preset
-    from pixelwizard.prompts import PromptFileError, PromptSpec, load_prompts, prompt_id_for_text
+    from pixelwizard.prompts import SEED_LIMIT, PromptFileError, PromptSpec, load_prompts, prompt_id_for_text
 
     if (prompt is None) == (prompts is None):
         fail("give exactly one of PROMPT or --prompts FILE")
+    if not 0 <= seed < SEED_LIMIT:  # as a prompt file's own seeds
+        fail(f"--seed must be a non-negative integer below 2**63, got {seed}")
     if solver not in ("unipc", "euler"):
         fail(f"unknown solver {solver!r}; choose unipc or euler")
     if codec not in ("h264", "hevc10"):

@@ -156,6 +156,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, incomple
         (["batch", "status", "abc"], {}, "error: Invalid value for 'batch_id': Input should be a valid integer"),
         (["batch", "run", "{file}", "--workers", "0"], {}, "error: Invalid value for '--workers'"),
         (["render", "x", "--steps", "1.5"], {}, "error: Invalid value for '--steps'"),
+        (["render", "x", "--seed", "-1"], {}, "--seed must be a non-negative integer below 2**63, got -1"),
         (["render", "x", "--bogus"], {}, "error: No such option: --bogus"),
         (["nosuch"], {}, "error: No such command 'nosuch'."),
     ],

@@ -190,6 +190,10 @@ def test_train_vae_stopped_by_such_a_clip_is_one_line_exit_2_and_writes_nothing(
 def test_a_missing_dataset_is_named(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         open_dataset(str(tmp_path / "nope.jsonl"), frames=5, width=64, height=32, size=0, seed=0)
+    with pytest.raises(DatasetError, match="is a folder; give its captions JSON Lines file"):  # had: "does not exist"
+        open_dataset(str(tmp_path), frames=5, width=64, height=32, size=0, seed=0)
+    with pytest.raises(DatasetError, match="unknown synthetic world 'synthetic-foo'; choose synthetic, "):
+        open_dataset("synthetic-foo", frames=5, width=64, height=32, size=0, seed=0)
 
 
 def test_object_mask_covers_exactly_the_pixels_drawn_in_the_object_colour():

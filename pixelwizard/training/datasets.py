@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Protocol
 
 import torch
@@ -125,6 +125,8 @@ class RealClips:
     def __init__(self, captions_file: str | Path, frames: int, width: int, height: int) -> None:
         self.path = Path(captions_file)
         self.frames, self.width, self.height = frames, width, height
+        if self.path.is_dir():
+            raise DatasetError(f"dataset {self.path} is a folder; give its captions JSON Lines file")
         if not self.path.is_file():
             raise DatasetError(f"dataset {self.path} does not exist")
         self.items = [item for item in self._read() if item is not None]
@@ -209,4 +211,6 @@ def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, 
     same scenes with random background cells or background grain) or the path of a captions JSON Lines file."""
     if data in SYNTHETIC_WORLDS:
         return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height, **SYNTHETIC_WORLDS[data].options)
+    if data.startswith("synthetic") and PurePath(data).suffix == "" and not Path(data).exists():
+        raise DatasetError(f"unknown synthetic world {data!r}; choose {', '.join(SYNTHETIC_WORLDS)}")
     return RealClips(data, frames=frames, width=width, height=height)
