@@ -85,12 +85,22 @@ def _record(job: Job, plan: JobPlan) -> dict[str, Any]:
             "preset": asdict(plan.preset)}
 
 
+def video_exists(cache: LatentCache, plan: JobPlan) -> bool:
+    """Whether the job's finished video is in the store already (an earlier batch made the same one): its anchor and
+    detail stages then make nothing, and the encoding stage checks the video. Its latents may be long gone (``cache
+    gc``); should the video turn out corrupt, the encoding stage makes them again (``video``, ``detail``)."""
+    return cache.entry_object(ArtifactKind.video, plan.video_key) is not None
+
+
 def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True,
-           on_progress: Progress | None = None) -> tuple[StoredObject, bool]:
-    """The job's anchor latent from the cache, or generated and stored; (object, was_generated). ``on_progress``
-    is the sampler's per-step callback (the worker's cancel check)."""
+           on_progress: Progress | None = None) -> tuple[StoredObject | None, bool]:
+    """The job's anchor latent from the cache, or generated and stored; (object, was_generated), or (None, False)
+    when the job's video exists already (``video_exists``). ``on_progress`` is the sampler's per-step callback (the
+    worker's cancel check)."""
     if cache.get(ArtifactKind.anchor_latent, plan.anchor_key) is not None:  # read whole: a corrupt one is redone
         return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), False
+    if video_exists(cache, plan):
+        return None, False
 
     def generate():
         return pipe.generate_anchor(
@@ -105,12 +115,14 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
 
 
 def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True,
-           on_progress: Progress | None = None) -> StoredObject:
-    """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it);
-    ``on_progress`` as for ``anchor``."""
+           on_progress: Progress | None = None) -> StoredObject | None:
+    """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it), or
+    None when the job's video exists already (``video_exists``); ``on_progress`` as for ``anchor``."""
     cached = cache.entry_object(ArtifactKind.detail_latent, plan.detail_key)  # a resumed job that failed later
     if cached is not None:  # (read, and redone if corrupt, by the encoding stage)
         return cached
+    if video_exists(cache, plan):
+        return None
 
     def render():
         hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)

@@ -157,13 +157,14 @@ def run_stage(
     job_id: int,
     worker: str,
     stage: JobStatus,
-    work: Callable[[Job, Callable[[], None]], StoredObject],
+    work: Callable[[Job, Callable[[], None]], StoredObject | None],
     *,
     lease_seconds: float,
     heartbeat_seconds: float,
     keep_lease: bool = False,
-) -> StoredObject:
-    """Do ``stage`` of a job leased to ``worker``; the job ends in the stage's next status.
+) -> StoredObject | None:
+    """Do ``stage`` of a job leased to ``worker``; the job ends in the stage's next status, with the stage's artifact
+    recorded unless ``work`` made none (a latent that a video already in the store makes needless).
 
     The lease is released afterwards (so any worker can take the next stage) unless
     ``keep_lease``, for a worker that goes straight on to the next stage itself.
@@ -199,7 +200,8 @@ def run_stage(
         raise
     with factory.begin() as session:
         job = session.get(Job, job_id)
-        record_artifact(session, job_id, kind, stored)
+        if stored is not None:
+            record_artifact(session, job_id, kind, stored)
         transition(session, job, after, worker=worker)
         finish_attempt(session, attempt, AttemptOutcome.succeeded)
         if not keep_lease and after not in TERMINAL_STATUSES:

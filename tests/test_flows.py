@@ -138,7 +138,22 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     assert gc.stdout.endswith("16 object(s) removed\n"), gc.stdout  # 4 jobs x (anchor, detail) x (payload, record)
     assert list(store.list("anchors/")) == ["anchors/handmade.json", "anchors/notes.txt"]  # not its own
     assert list(store.list("details/")) == []
+
     assert len([k for k in store.list("videos/") if k.endswith(".mp4")]) == 4
+
+    # A later batch holding one of these prompts (same settings) finds its video: it makes no latent for it again
+    # (after gc it had rendered both again, only to find the video cached). The new prompt is made in full.
+    edited = write_prompts(tmp_path / "edited.txt", [PROMPTS[0], "a green ring orbits"])
+    later = nightly_batch(str(edited), "tiny", workers=1, model=model, overrides=SMALL)
+    assert later["status"] == "done" and later["batch_id"] != report["batch_id"]
+    assert later["anchors"] == {"generated": 1, "cached": 1}
+    [old_video] = [o["uri"] for o in report["outputs"] if o["prompt_id"] == later["outputs"][0]["prompt_id"]]
+    assert later["outputs"][0]["uri"] == old_video
+    assert len([k for k in store.list("anchors/") if k.endswith(".safetensors")]) == 1  # the new prompt's
+    assert len([k for k in store.list("details/") if k.endswith(".safetensors")]) == 1
+    with resources.database()() as session:
+        kinds = session.scalars(select(Artifact.kind).where(Artifact.job_id == later["outputs"][0]["job_id"])).all()
+    assert kinds == [ArtifactKind.video]
 
 
 def test_opening_the_cache_sweeps_the_temporary_folders_that_killed_workers_left(env, tmp_path, monkeypatch):
