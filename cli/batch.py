@@ -206,7 +206,8 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
                   f"(preset {report['preset']}, source {report['source']})")
     if "anchors" in report:
         a = report["anchors"]
-        console.print(f"anchors this run: {a['generated']} generated, {a['cached']} from the cache")
+        console.print(f"anchors this run: {a['generated']} generated, {a['cached']} from the cache"
+                      + (f", {a['skipped']} not needed (their video was made earlier)" if a["skipped"] else ""))
     outcomes = ("succeeded", "failed", "crashed", "interrupted")
     stages = Table("stage", *outcomes, "seconds")
     for stage, entry in report["stages"].items():

@@ -9,7 +9,7 @@ would live on, holding a port and memory, one more each night. The watcher is a 
 pidfds (Linux) for the CLI or the server to end; if the CLI ends first, it stops the server. Pidfds, opened by the CLI
 and passed down, cannot point at a reused process id.
 
-Run as ``python -m cli.ephemeral_server CLI_FD SERVER_FD`` by ``start_watched`` only.
+Run as ``python -I cli/ephemeral_server.py CLI_FD SERVER_FD``, in a session of its own, by ``start_watched`` only.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ STOP_SECONDS = 5.0  # what the server gets after SIGTERM before SIGKILL, as Pref
 
 
 def start_watched() -> None:
-    """Start the ephemeral server now, as Prefect would at a flow's first call, and its watcher. Nothing happens when a
-    Prefect server is configured, ephemeral mode is off, or the platform has no pidfds."""
+    """Start the ephemeral server now, as Prefect would at a flow's first call, in a session of its own, and its
+    watcher. Nothing happens (Prefect starts it later, in the CLI's group, as it would) when a Prefect server is
+    configured, ephemeral mode is off, or the platform has no pidfds to watch it by (a server out of the CLI's group
+    must have a watcher: a group kill would leave it running)."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled or not hasattr(os, "pidfd_open"):
+    if settings.api.url or not settings.server.ephemeral.enabled or not _pidfds_work():
         return
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -43,18 +45,28 @@ def start_watched() -> None:
     finally:
         prefect_server.subprocess = subprocess
     cli_fd, server_fd = os.pidfd_open(os.getpid()), os.pidfd_open(server.server_process.pid)
-    try:
-        subprocess.Popen([sys.executable, "-m", "cli.ephemeral_server", str(cli_fd), str(server_fd)],
-                         pass_fds=(cli_fd, server_fd), stdin=subprocess.DEVNULL)
+    try:  # by path, isolated: a `cli` package in the user's folder must not stand in for it
+        subprocess.Popen([sys.executable, "-I", __file__, str(cli_fd), str(server_fd)], pass_fds=(cli_fd, server_fd),
+                         stdin=subprocess.DEVNULL, start_new_session=True)  # out of reach of a kill of the CLI's group
     finally:
         os.close(cli_fd)
         os.close(server_fd)
 
 
+def _pidfds_work() -> bool:
+    """Whether this process can open pidfds: Python has the call on Linux, yet a kernel before 5.3 (ENOSYS) or a
+    container's seccomp filter (EPERM) may refuse it."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 class _OwnSession:
     """``subprocess`` as Prefect's server module sees it while the server starts: its Popen starts a new session."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> object:
         return getattr(subprocess, name)
 
     @staticmethod
@@ -76,5 +88,4 @@ def watch(cli_fd: int, server_fd: int) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal group; the CLI handles it
     watch(int(sys.argv[1]), int(sys.argv[2]))

@@ -38,10 +38,12 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(cache_app, name="cache")
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM (a scheduler, ``kill``) ends a command as Ctrl-C does, by an exception: cleanup runs (the
-    encoder and its temporary file, a staging folder), so nothing half-written is left behind."""
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+def exit_on_stop_signals() -> None:
+    """SIGTERM (a scheduler, ``kill``) and SIGHUP (a closed terminal or SSH session) end a command as Ctrl-C does, by
+    an exception: cleanup runs (the encoder and its temporary file, a staging folder, a batch's jobs handed back),
+    so nothing half-written is left behind."""
+    for sent in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sent, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def run() -> None:
@@ -71,4 +73,4 @@ def run() -> None:
 @app.callback()
 def main() -> None:
     """Native 2K/4K text-to-video: an anchor video plus a few-step shortcut detail stage."""
-    exit_on_sigterm()
+    exit_on_stop_signals()

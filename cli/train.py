@@ -135,6 +135,7 @@ def _check_out(out: Path, report: Optional[Path], snapshots: bool = False, laten
 
 
 def _check_report(report: Optional[Path]) -> None:
+    """``--report``, written at the end of the run, must be a file that can be written (checked before any work)."""
     if report is not None:
         if report.is_dir():
             fail(f"--report {report} is a folder; a report is one JSON file")
@@ -145,8 +146,19 @@ def _write_report(report: Path, body: dict) -> None:
     """The run's JSON report, written whole (temporary file, then rename)."""
     report.parent.mkdir(parents=True, exist_ok=True)
     staged = report.with_name(f".{report.name}.tmp")
-    staged.write_text(json.dumps(body, indent=1, default=str))
-    os.replace(staged, report)
+    try:
+        staged.write_text(json.dumps(body, indent=1, default=str))
+        os.replace(staged, report)
+    finally:
+        staged.unlink(missing_ok=True)  # gone once renamed; left by a failed write otherwise
+
+
+def _save_errors() -> tuple[type[Exception], ...]:
+    """What writing a result raises when its disk or folder fails it: OSError, and the writers' own errors (torch's
+    RuntimeError for a file it cannot open, safetensors' SafetensorError)."""
+    from safetensors import SafetensorError
+
+    return OSError, RuntimeError, SafetensorError
 
 
 def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> None:
@@ -166,9 +178,9 @@ def _finish(pipe, out: Path, result, report: Optional[Path], settings: dict) -> 
             if report is not None:
                 _write_report(report, {"steps": result.steps, "seconds": round(result.seconds, 2),
                                        "settings": settings, "history": result.history})
-        except OSError as exc:  # checked before the run; a disk that filled up or a folder locked since
+        except _save_errors() as exc:  # checked before the run; a disk that filled up or a folder locked since
             _leave_process_group()
-            fail(f"{exc.filename or out} not written: {exc.strerror or exc}", EXIT_FAILURE)
+            fail(f"{out} not written: {first_line(exc)}", EXIT_FAILURE)
     _leave_process_group()
 
 
@@ -355,7 +367,7 @@ def encode_command(
         typer.echo(f"wrote {out}: {len(cache)} clips in {seconds:.1f} s")
         if report is not None:
             _write_report(report, {"clips": len(cache), "seconds": round(seconds, 2)})
-    except (OSError, RuntimeError) as exc:  # as above; torch's writer raises RuntimeError for a file it cannot open
+    except _save_errors() as exc:  # as in _finish
         fail(f"{out} not written: {first_line(exc)}", EXIT_FAILURE)
 
 

@@ -97,13 +97,14 @@ def ingest(
 
 @flow(name="anchors")
 def anchors(batch_id: int, model: str | None = None, device: str | None = None) -> dict[str, int]:
-    """Anchor every pending job of the batch, from the cache or generated; returns the counts."""
+    """Anchor every pending job of the batch, from the cache or generated (or skipped: its video exists); returns the
+    counts."""
     worker = resources.worker_name("anchors")
     results = _drain(
         batch_id, worker, [JobStatus.pending], [JobStatus.anchoring],
         lambda job_id: anchor_job(job_id, worker, model, device),
     )
-    return {"generated": sum(results), "cached": len(results) - sum(results)}
+    return {outcome: results.count(outcome) for outcome in ("generated", "cached", "skipped")}
 
 
 def _render_loop(batch_id: int, model: str | None, device: str | None, label: str) -> int:

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flows.unsaved import store_once
 from pixelwizard.presets import Preset, get_preset
@@ -24,6 +24,7 @@ from storage.object_store import StoredObject
 if TYPE_CHECKING:
     from pixelwizard.pipeline import Progress
 
+AnchorOutcome = Literal["generated", "cached", "skipped"]  # skipped: the job's video exists (``video_exists``)
 log = logging.getLogger(__name__)
 
 SOLVER = "unipc"
@@ -93,15 +94,19 @@ def video_exists(cache: LatentCache, plan: JobPlan) -> bool:
 
 
 def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True,
-           on_progress: Progress | None = None) -> tuple[StoredObject | None, bool]:
-    """The job's anchor latent from the cache, or generated and stored; (object, was_generated), or (None, False)
-    when the job's video exists already (``video_exists``). ``on_progress`` is the sampler's per-step callback (the
-    worker's cancel check)."""
+           on_progress: Progress | None = None) -> tuple[StoredObject | None, AnchorOutcome]:
+    """The anchor stage: the job's anchor latent from the cache, or generated and stored, with how it came; (None,
+    "skipped") when the job's video exists already (``video_exists``). ``on_progress`` is the sampler's per-step
+    callback (the worker's cancel check)."""
     if cache.get(ArtifactKind.anchor_latent, plan.anchor_key) is not None:  # read whole: a corrupt one is redone
-        return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), False
+        return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), "cached"
     if video_exists(cache, plan):
-        return None, False
+        return None, "skipped"
+    return _make_anchor(pipe, cache, job, plan, batch_cfg, on_progress), "generated"
 
+
+def _make_anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, batch_cfg: bool,
+                 on_progress: Progress | None) -> StoredObject:
     def generate():
         return pipe.generate_anchor(
             job.prompt, plan.seeds.anchor, plan.preset, negative_prompt=job.negative_prompt or None, solver=SOLVER,
@@ -109,26 +114,33 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
         )
 
     record = {**_record(job, plan), "parameters": plan.anchor_params}
-    stored = store_once(f"anchors/{plan.anchor_key}", generate,
-                        lambda latent: cache.put(ArtifactKind.anchor_latent, plan.anchor_key, {"latent": latent}, record))
-    return stored, True
+    return store_once(f"anchors/{plan.anchor_key}", generate,
+                      lambda latent: cache.put(ArtifactKind.anchor_latent, plan.anchor_key, {"latent": latent}, record))
 
 
 def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool = True,
            on_progress: Progress | None = None) -> StoredObject | None:
-    """The detail latent from the cache, or rendered from the cached anchor (regenerated if the cache lost it), or
-    None when the job's video exists already (``video_exists``); ``on_progress`` as for ``anchor``."""
+    """The render stage: the detail latent from the cache, or rendered from the cached anchor (generated again if
+    the cache lost it), or None when the job's video exists already (``video_exists``); ``on_progress`` as for
+    ``anchor``."""
     cached = cache.entry_object(ArtifactKind.detail_latent, plan.detail_key)  # a resumed job that failed later
     if cached is not None:  # (read, and redone if corrupt, by the encoding stage)
         return cached
     if video_exists(cache, plan):
         return None
+    return _make_detail(pipe, cache, job, plan, batch_cfg, on_progress)
 
+
+def _make_detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, batch_cfg: bool,
+                 on_progress: Progress | None) -> StoredObject:
+    """The detail latent rendered and stored. Latents a stage finds missing are made here and in ``_make_anchor``,
+    without the stages' check for a finished video: one stored meanwhile by another batch must not leave them
+    without the latent they need."""
     def render():
         hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
         if hit is None:
             log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
-            anchor(pipe, cache, job, plan, batch_cfg=batch_cfg, on_progress=on_progress)
+            _make_anchor(pipe, cache, job, plan, batch_cfg, on_progress)
             hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
         return pipe.render_detail(
             hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
@@ -146,14 +158,14 @@ def video(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, on_progress: Pro
 
     if cache.entry_object(ArtifactKind.video, plan.video_key) is not None:  # stored by an earlier try or batch:
         with tempfile.TemporaryDirectory(prefix="pixelwizard-video-") as tmp:  # reused only once it verifies
-            if cache.get_video(plan.video_key, Path(tmp) / "check.mp4") is not None:  # (else quarantined: encoded again)
+            if cache.get_video(plan.video_key, Path(tmp) / "check.mp4") is not None:  # (else quarantined: made again)
                 return cache.payload_object(ArtifactKind.video, plan.video_key)
 
     def encode() -> Path:
         hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
         if hit is None:
             log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)
-            detail(pipe, cache, job, plan, on_progress=on_progress)
+            _make_detail(pipe, cache, job, plan, True, on_progress)
             hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
         frames = pipe.decode(hit[0]["latent"], chunks=plan.preset.decode_chunks)
         folder = Path(tempfile.mkdtemp(prefix="pixelwizard-video-"))  # removed once stored (flows.unsaved)

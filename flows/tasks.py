@@ -43,21 +43,21 @@ def _batch_cfg(job: Job, device: str | None) -> bool:
 
 
 @task
-def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) -> bool:
-    """Anchor stage of one claimed job; True if the anchor was generated, False if it was cached."""
+def anchor_job(job_id: int, worker: str, model: str | None, device: str | None) -> job_work.AnchorOutcome:
+    """Anchor stage of one claimed job; whether the anchor was generated, cached, or skipped (the video exists)."""
     cache, factory, settings = resources.cache(), resources.database(), resources.worker_settings()
-    generated = False
+    outcome: job_work.AnchorOutcome = "cached"
 
     def work(job: Job, check):
-        nonlocal generated
+        nonlocal outcome
         pipe, plan = _stage_inputs(job, model, device)
-        stored, generated = job_work.anchor(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device),
-                                            on_progress=_checking(check))
+        stored, outcome = job_work.anchor(pipe, cache, job, plan, batch_cfg=_batch_cfg(job, device),
+                                          on_progress=_checking(check))
         return stored
 
     run_stage(factory, job_id, worker, JobStatus.anchoring, work,
               lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds)
-    return generated
+    return outcome
 
 
 @task
@@ -79,4 +79,5 @@ def render_job(job_id: int, worker: str, model: str | None, device: str | None) 
     if status in (JobStatus.anchored, JobStatus.rendering):
         run_stage(factory, job_id, worker, JobStatus.rendering, detail, keep_lease=True, **timing)
     stored = run_stage(factory, job_id, worker, JobStatus.encoding, video, **timing)
+    assert stored is not None  # the encoding stage always stores or finds the video
     return stored.uri

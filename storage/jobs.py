@@ -374,7 +374,8 @@ def requeue_stopped(
 
 def requeue_lost_videos(session: Session, batch_id: int, job_ids: Sequence[int]) -> int:
     """Send done jobs whose video is gone from the store (quarantined as corrupt, or deleted) back to rendered,
-    so that a worker encodes their video again from the cached detail latent."""
+    so that a worker encodes their video again from the cached detail latent (rendered again first where the cache
+    no longer holds it)."""
     requeued = 0
     for chunk in _chunks(sorted(job_ids)):
         requeued += _run_update(

@@ -90,7 +90,7 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
 
     assert report["status"] == "done" and report["total"] == 4
     assert report["counts"]["done"] == 4 and report["failures"] == []
-    assert report["anchors"] == {"generated": 4, "cached": 0}
+    assert report["anchors"] == {"generated": 4, "cached": 0, "skipped": 0}
     assert {s: report["stages"][s]["succeeded"] for s in ("anchoring", "rendering", "encoding")} == {
         "anchoring": 4, "rendering": 4, "encoding": 4}
     jobs = jobs_of(report["batch_id"])
@@ -107,7 +107,8 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
         assert read_video(video.uri.removeprefix("file://")).shape == (5, 64, 128, 3)
     # Ingesting the same file again creates nothing new, and a second run renders nothing again.
     again = nightly_batch(str(source), "tiny", workers=1, model=model, overrides=SMALL)
-    assert again["batch_id"] == report["batch_id"] and again["anchors"] == {"generated": 0, "cached": 0}
+    assert again["batch_id"] == report["batch_id"]
+    assert again["anchors"] == {"generated": 0, "cached": 0, "skipped": 0}
     assert (report["earlier_batch"], again["earlier_batch"]) == (False, True)  # the CLI's note comes from it
     assert len(attempts_of(report["batch_id"])) == 12
     with resources.database()() as session:
@@ -146,7 +147,7 @@ def test_nightly_batch_of_four_prompts_renders_four_videos_with_consistent_recor
     edited = write_prompts(tmp_path / "edited.txt", [PROMPTS[0], "a green ring orbits"])
     later = nightly_batch(str(edited), "tiny", workers=1, model=model, overrides=SMALL)
     assert later["status"] == "done" and later["batch_id"] != report["batch_id"]
-    assert later["anchors"] == {"generated": 1, "cached": 1}
+    assert later["anchors"] == {"generated": 1, "cached": 0, "skipped": 1}
     [old_video] = [o["uri"] for o in report["outputs"] if o["prompt_id"] == later["outputs"][0]["prompt_id"]]
     assert later["outputs"][0]["uri"] == old_video
     assert len([k for k in store.list("anchors/") if k.endswith(".safetensors")]) == 1  # the new prompt's
@@ -163,15 +164,18 @@ def test_opening_the_cache_sweeps_the_temporary_folders_that_killed_workers_left
     (tmp_path / "tmp").mkdir()
     day_old = time.time() - 25 * 3600
     names = ["pixelwizard-video-k1a2_b3c", "pixelwizard-cache-0z9y8x7w", "pixelwizard-video-fresh123",
-             "pixelwizard-video-not-ours", "someone-elses-folder"]
+             "pixelwizard-video-not-ours", "someone-elses-folder", "pixelwizard-video-otheruse"]
     for name in names:
         (tmp_path / "tmp" / name).mkdir()
         (tmp_path / "tmp" / name / "a.mp4").write_bytes(b"video")
         if name != "pixelwizard-video-fresh123":
             os.utime(tmp_path / "tmp" / name, (day_old, day_old))
+    as_root = os.geteuid() == 0  # only root can give it to another user: another user's, in a shared /tmp, is theirs
+    if as_root:                 # to sweep (root could remove it; another user would get a PermissionError)
+        os.chown(tmp_path / "tmp" / "pixelwizard-video-otheruse", 4321, 4321)
     resources.cache.cache_clear()
     resources.cache()
-    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(names[2:])
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(names[2:] if as_root else names[2:5])
 
 
 def cli_json(env, *args):
@@ -213,7 +217,7 @@ def test_a_job_that_always_fails_is_retried_to_the_limit_and_the_batch_ends_part
     assert retried.returncode == 0, retried.stderr
     assert next(j for j in jobs_of(report["batch_id"]) if j.id == blue.id).status == JobStatus.pending
     resumed = resume_batch(report["batch_id"], model=model)
-    assert resumed["status"] == "done" and resumed["anchors"] == {"generated": 0, "cached": 1}
+    assert resumed["status"] == "done" and resumed["anchors"] == {"generated": 0, "cached": 1, "skipped": 0}
     renders = [a for a in attempts_of(report["batch_id"]) if a.stage == JobStatus.rendering]
     assert len(renders) == 2 + 3 + 1  # the two good jobs once, the bad one 3 failed + 1 good
 
@@ -427,7 +431,8 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     assert resumed.returncode == 0, output
     report = json.loads(output[output.index("{"):])
     assert report["status"] == "done" and report["counts"]["done"] == 4 and report["stalled"] == 0
-    assert report["anchors"] == {"generated": 0, "cached": 0}  # the victim went back to its own stage, not to pending
+    # The victim went back to its own stage, not to pending.
+    assert report["anchors"] == {"generated": 0, "cached": 0, "skipped": 0}
     # The anchors that existed before the kill are the same objects, untouched.
     assert {k: store.stat(k).sha256 for k in store.list("anchors/") if k.endswith(".json")} == anchor_records
     with resources.database()() as session:
@@ -470,7 +475,8 @@ def test_prefects_ephemeral_server_ends_with_the_cli_however_the_cli_ends(env, m
     """Without a Prefect server configured, `batch run` starts Prefect's ephemeral one (a child process). It ends with
     the CLI when the batch finishes; on Ctrl-C in a terminal (SIGINT to the whole process group), which had killed the
     server under the CLI, so that the CLI retried the dead API for minutes and printed tracebacks; and when the CLI
-    alone is killed with SIGKILL (the OOM killer), which runs no exit handler, and the server had lived on."""
+    is killed with SIGKILL (the OOM killer, or a supervisor killing its group), which runs no exit handler, and the
+    server had lived on."""
     home = tmp_path / "prefect"  # marks every process of these runs: the CLI's environment passes down
     env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
     ours = lambda: processes_with(f"PREFECT_HOME={home}")
@@ -490,10 +496,10 @@ def test_prefects_ephemeral_server_ends_with_the_cli_however_the_cli_ends(env, m
         assert wait_for(lambda: not ours(), 10), ours()
 
         killed = run_cli(env, "batch", "run", source, "--model", model, "--seed", "1")
-        watching = lambda: any("-m cli.ephemeral_server" in cmd for cmd in ours().values())
+        watching = lambda: any("ephemeral_server.py" in cmd for cmd in ours().values())
         assert wait_for(watching, 240) and killed.poll() is None, killed.communicate()[0]
         assert any("uvicorn" in cmd for cmd in ours().values()), ours()
-        os.kill(killed.pid, signal.SIGKILL)  # the CLI only, not its process group
+        os.killpg(killed.pid, signal.SIGKILL)  # the CLI's whole group (as a supervisor might): the watcher is not in it
         killed.wait()
         assert wait_for(lambda: not ours(), 20), ours()
     finally:
@@ -525,10 +531,12 @@ def start_a_long_stage(env, model, tmp_path, out, stage=JobStatus.rendering) -> 
 
 @pytest.mark.parametrize(("sent", "code", "stage"), [(signal.SIGINT, 130, JobStatus.rendering),
                                                      (signal.SIGTERM, 143, JobStatus.rendering),
-                                                     (signal.SIGTERM, 143, JobStatus.anchoring)])
+                                                     (signal.SIGTERM, 143, JobStatus.anchoring),
+                                                     (signal.SIGHUP, 129, JobStatus.rendering)])
 def test_ctrl_c_or_sigterm_stops_a_batch_at_the_next_step_and_resume_takes_the_job_up_at_once(env, model, tmp_path,
                                                                                               sent, code, stage):
-    """A real batch process gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-render or mid-anchor, with 10-minute
+    """A real batch process gets SIGINT (Ctrl-C), SIGTERM (a scheduler) or SIGHUP (a closed terminal; it had died
+    without handing its job back) mid-render or mid-anchor, with 10-minute
     leases: it stops within a step (it had gone on rendering every job in its worker thread), hands the job back, and
     exits quietly (SIGTERM had ended in a traceback, exit 1, and mid-anchor had counted a failed try and kept the
     lease: there Prefect's own SIGTERM handler raises); the resume right after does not wait."""
@@ -577,7 +585,7 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     report = json.loads(output[output.index("{"):])
-    assert report["status"] == "done" and report["anchors"] == {"generated": 0, "cached": 2}
+    assert report["status"] == "done" and report["anchors"] == {"generated": 0, "cached": 2, "skipped": 0}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(victim.batch_id))
 
     for args, message in ((["jobs", "cancel", str(victim.id)], f"job {victim.id} is done"),
@@ -710,7 +718,7 @@ def test_a_corrupt_cached_video_is_never_reused_or_exported_and_resume_encodes_i
 
     # A second batch sharing the prompt finds the stored video corrupt: quarantined, and encoded again.
     second = nightly_batch(str(write_prompts(tmp_path / "b.txt", PROMPTS[:2])), "tiny", model=model, overrides=SMALL)
-    assert second["status"] == "done" and second["anchors"] == {"generated": 1, "cached": 1}
+    assert second["status"] == "done" and second["anchors"] == {"generated": 1, "cached": 1, "skipped": 0}
     assert len([k for k in store.list("quarantine/") if k.endswith(".mp4")]) == 1
     for output in second["outputs"]:
         assert read_video(output["uri"].removeprefix("file://")).shape == (5, 64, 128, 3)

@@ -237,9 +237,9 @@ STREAMING_CHILD = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from cli.main import exit_on_sigterm
+from cli.main import exit_on_stop_signals
 from pixelwizard.video import encode_video
-exit_on_sigterm()
+exit_on_stop_signals()
 def frames():
     for _ in range(3):
         yield np.zeros((64, 64, 3), dtype=np.uint8)

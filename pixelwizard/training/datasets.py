@@ -211,6 +211,6 @@ def open_dataset(data: str, *, frames: int, width: int, height: int, size: int, 
     same scenes with random background cells or background grain) or the path of a captions JSON Lines file."""
     if data in SYNTHETIC_WORLDS:
         return SyntheticClips(seed=seed, size=size, frames=frames, width=width, height=height, **SYNTHETIC_WORLDS[data].options)
-    if data.startswith("synthetic") and PurePath(data).suffix == "" and not Path(data).exists():
+    if data.startswith("synthetic") and "/" not in data and PurePath(data).suffix == "" and not Path(data).exists():
         raise DatasetError(f"unknown synthetic world {data!r}; choose {', '.join(SYNTHETIC_WORLDS)}")
     return RealClips(data, frames=frames, width=width, height=height)
