@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, check_out_folder, fail, first_line
+from cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, check_out_folder, check_seed, fail, first_line
 
 T = TypeVar("T")
 
@@ -241,11 +241,8 @@ def run(
     from flows.batch import nightly_batch
     from flows.ingestion import read_batch_input
 
-    from pixelwizard.prompts import SEED_LIMIT
-
     overrides = _parse_overrides(override or [])
-    if not 0 <= seed < SEED_LIMIT:
-        fail(f"--seed must be a non-negative integer below 2**63, got {seed}")
+    check_seed(seed)
     _, specs, _ = _check_here(out, device, lambda: read_batch_input(file, preset, model, overrides))
     from cli.prompt_warnings import warn_unread_words_of_bundle
     from flows import resources

@@ -47,6 +47,14 @@ def check_makeable(path: Path, option: str) -> None:
         fail(f"{option} {path} cannot be {'made' if ancestor != parent else 'written'}: {ancestor} is not writable")
 
 
+def check_seed(seed: int) -> None:
+    """A ``--seed`` within what a prompt file's own seeds may be (the run database's signed 64-bit columns)."""
+    from pixelwizard.prompts import SEED_LIMIT
+
+    if not 0 <= seed < SEED_LIMIT:
+        fail(f"--seed must be a non-negative integer below 2**63, got {seed}")
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` on one line to stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)  # the message may hold "[...]"

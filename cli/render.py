@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from cli.errors import EXIT_FAILURE, check_out_folder, fail, first_line
+from cli.errors import EXIT_FAILURE, check_out_folder, check_seed, fail, first_line
 from cli.prompt_warnings import warn_unread_words
 from cli.progress import StageProgress, quiet_libraries
 
@@ -53,12 +53,11 @@ def render(
     from pixelwizard.bundle import ModelFolderError, check_bundle
     from pixelwizard.devices import DeviceError, resolve_device
     from pixelwizard.presets import PresetError, get_preset
-    from pixelwizard.prompts import SEED_LIMIT, PromptFileError, PromptSpec, load_prompts, prompt_id_for_text
+    from pixelwizard.prompts import PromptFileError, PromptSpec, load_prompts, prompt_id_for_text
 
     if (prompt is None) == (prompts is None):
         fail("give exactly one of PROMPT or --prompts FILE")
-    if not 0 <= seed < SEED_LIMIT:  # as a prompt file's own seeds
-        fail(f"--seed must be a non-negative integer below 2**63, got {seed}")
+    check_seed(seed)
     if solver not in ("unipc", "euler"):
         fail(f"unknown solver {solver!r}; choose unipc or euler")
     if codec not in ("h264", "hevc10"):

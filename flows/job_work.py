@@ -102,10 +102,10 @@ def anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
         return cache.payload_object(ArtifactKind.anchor_latent, plan.anchor_key), "cached"
     if video_exists(cache, plan):
         return None, "skipped"
-    return _make_anchor(pipe, cache, job, plan, batch_cfg, on_progress), "generated"
+    return _make_anchor(pipe, cache, job, plan, batch_cfg=batch_cfg, on_progress=on_progress), "generated"
 
 
-def _make_anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, batch_cfg: bool,
+def _make_anchor(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool,
                  on_progress: Progress | None) -> StoredObject:
     def generate():
         return pipe.generate_anchor(
@@ -128,10 +128,10 @@ def detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool
         return cached
     if video_exists(cache, plan):
         return None
-    return _make_detail(pipe, cache, job, plan, batch_cfg, on_progress)
+    return _make_detail(pipe, cache, job, plan, batch_cfg=batch_cfg, on_progress=on_progress)
 
 
-def _make_detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, batch_cfg: bool,
+def _make_detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, batch_cfg: bool,
                  on_progress: Progress | None) -> StoredObject:
     """The detail latent rendered and stored. Latents a stage finds missing are made here and in ``_make_anchor``,
     without the stages' check for a finished video: one stored meanwhile by another batch must not leave them
@@ -140,7 +140,7 @@ def _make_detail(pipe, cache: LatentCache, job: Job, plan: JobPlan, batch_cfg: b
         hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
         if hit is None:
             log.warning("job %s: anchor %s missing from the cache; generating it again", job.id, plan.anchor_key)
-            _make_anchor(pipe, cache, job, plan, batch_cfg, on_progress)
+            _make_anchor(pipe, cache, job, plan, batch_cfg=batch_cfg, on_progress=on_progress)
             hit = cache.get(ArtifactKind.anchor_latent, plan.anchor_key)
         return pipe.render_detail(
             hit[0]["latent"], job.prompt, plan.seeds.detail, plan.preset,
@@ -165,7 +165,7 @@ def video(pipe, cache: LatentCache, job: Job, plan: JobPlan, *, on_progress: Pro
         hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
         if hit is None:
             log.warning("job %s: detail latent missing from the cache; rendering it again", job.id)
-            _make_detail(pipe, cache, job, plan, True, on_progress)
+            _make_detail(pipe, cache, job, plan, batch_cfg=True, on_progress=on_progress)
             hit = cache.get(ArtifactKind.detail_latent, plan.detail_key)
         frames = pipe.decode(hit[0]["latent"], chunks=plan.preset.decode_chunks)
         folder = Path(tempfile.mkdtemp(prefix="pixelwizard-video-"))  # removed once stored (flows.unsaved)

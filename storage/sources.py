@@ -14,7 +14,7 @@ from storage.errors import ObjectNotFoundError, StoreConfigError
 def absolute_source(uri: str) -> str:
     """A plain path made absolute (a URI unchanged): what a batch records as its source, so that it names the file
     from any folder, and what a submitted run is given, so that a worker (in another folder) reads the same file."""
-    if uri[:5].lower() == "s3://" or urlsplit(uri).scheme:
+    if urlsplit(uri).scheme:  # s3:// or file://
         return uri
     return str(Path(uri).absolute())
 

@@ -129,12 +129,15 @@ class RealClips:
             raise DatasetError(f"dataset {self.path} is a folder; give its captions JSON Lines file")
         if not self.path.is_file():
             raise DatasetError(f"dataset {self.path} does not exist")
-        self.items = [item for item in self._read() if item is not None]
+        listed = self._read()
+        self.lines = [where for where, _, _ in listed]  # "<file>:<line>" of each clip, for errors found when read
+        self.items = [(video, caption) for _, video, caption in listed]
         if not self.items:
             raise DatasetError(f"{self.path}: no clips listed")
 
-    def _read(self) -> list[tuple[Path, str] | None]:
-        items: list[tuple[Path, str] | None] = []
+    def _read(self) -> list[tuple[str, Path, str]]:
+        """The listed clips as (``<file>:<line>``, video, caption), every line and video checked."""
+        listed: list[tuple[str, Path, str]] = []
         try:
             text = self.path.read_bytes().decode("utf-8-sig")  # a byte order mark, as some editors write, is fine
         except UnicodeDecodeError as exc:
@@ -142,7 +145,6 @@ class RealClips:
         # Newlines only, as pixelwizard.prompts does: str.splitlines would also split at U+2028 inside a caption.
         for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
-                items.append(None)
                 continue
             where = f"{self.path}:{number}"
             try:
@@ -157,20 +159,18 @@ class RealClips:
             video = self.path.parent / record["video"]
             if not video.is_file():
                 raise DatasetError(f"{where}: video {video} " + ("is not a file" if video.exists() else "does not exist"))
-            items.append((video, caption.strip()))
-        self.lines = [f"{self.path}:{number}" for number, item in enumerate(items, start=1) if item is not None]
-        self._check_videos([(number, item) for number, item in enumerate(items, start=1) if item is not None])
-        return items
+            listed.append((where, video, caption.strip()))
+        self._check_videos(listed)
+        return listed
 
-    def _check_videos(self, listed: list[tuple[int, tuple[Path, str]]]) -> None:
+    def _check_videos(self, listed: list[tuple[str, Path, str]]) -> None:
         """Every listed video decodes and has enough frames; probed a few at a time (one ffmpeg each, so that
         a long list opens in a fraction of the time), problems raised for the first bad line."""
         from pixelwizard.video import VideoDecodeError  # here: synthetic data needs no ffmpeg (nor a GPU image's lack)
 
         with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
-            probes = pool.map(_frame_count, [video for _, (video, _) in listed])
-            for (number, (video, _)), frames in zip(listed, probes):
-                where = f"{self.path}:{number}"
+            probes = pool.map(_frame_count, [video for _, video, _ in listed])
+            for (where, video, _), frames in zip(listed, probes):
                 if isinstance(frames, VideoDecodeError):
                     raise DatasetError(f"{where}: video {video} cannot be read ({str(frames).splitlines()[0]})")
                 if frames < self.frames:
