@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -99,14 +101,10 @@ def render(
         pipe = load_bundle(bundle or default_model_path(), device="cpu", dtype=dtype)
     except ModelFolderError as exc:
         fail(str(exc))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"--out {out}: {exc.strerror or exc}")
     warn_unread_words(pipe.tokenizer, todo)
     pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
     failures = 0
-    with StageProgress() as progress:
+    with _out_folder(out), StageProgress() as progress:
         for spec in todo:
             progress.start_prompt(spec.id)
             try:
@@ -127,6 +125,22 @@ def render(
                 progress.console.print(f"[red]failed[/] {escape(spec.id)}: {escape(first_line(exc))}")
     if failures:
         fail(f"{failures} of {len(todo)} prompt(s) failed", EXIT_FAILURE)
+
+
+@contextmanager
+def _out_folder(out: Path) -> Iterator[None]:
+    """Makes ``out`` for the command's videos, and removes it again if the command ends (Ctrl-C, SIGTERM, every prompt
+    failed) before anything was written into it, so that a stopped render leaves no empty folder behind."""
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--out {out}: {exc.strerror or exc}")
+    try:
+        yield
+    finally:
+        if made and not any(out.iterdir()):
+            out.rmdir()
 
 
 def _plan(preset: str, target: str, offload: str, attention_backend: str, compile_blocks: bool | None) -> "ExecutionPlan":

@@ -1,8 +1,10 @@
 """The ``pixelwizard`` command as a user runs it: a real subprocess, real ffmpeg, real files."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,30 @@ def test_render_writes_mp4s_named_by_prompt_id_with_the_right_frames_and_size(en
                 "--frames", "9", "--anchor-steps", "2")
     assert again.returncode == 0 and "skipped" in again.stdout
     assert (out / "red-circle.mp4").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_a_render_stopped_before_its_first_video_leaves_no_out_folder(env, tmp_path, sent):
+    """Ctrl-C or SIGTERM while the first prompt renders: the command stops with the signal's exit code, no traceback,
+    and removes the --out folder it made for its videos (it had left it behind, empty)."""
+    out = tmp_path / "new" / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "render", "a red circle moves right", "--out", str(out), "--frames", "9",
+         "--width", "128", "--height", "64", "--anchor-steps", "1000", "--device", "cpu"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.is_dir():  # made once the model is loaded, just before the first prompt
+            assert proc.poll() is None and time.monotonic() < deadline, "the render never made its --out folder"
+            time.sleep(0.1)
+        time.sleep(1)  # well inside the first prompt's 1000 anchor steps (most of a minute here)
+        proc.send_signal(sent)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sent, stderr[-1500:]
+    assert "Traceback" not in stderr, stderr[-1500:]
+    assert not out.exists() and (tmp_path / "new").is_dir()
 
 
 def test_single_prompt_render(env, tmp_path):
