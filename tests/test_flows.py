@@ -384,6 +384,25 @@ def run_cli(env, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def wait_for_a_running_attempt(process, stages: list[JobStatus]) -> tuple[Attempt, Job]:
+    """The first try at one of ``stages`` that a child's batch runs, with its job, once there is one (read through the
+    test's own connection)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        try:
+            with resources.database()() as session:
+                running = session.scalars(select(Attempt).where(
+                    Attempt.stage.in_(stages), Attempt.outcome == AttemptOutcome.running)).first()
+                if running is not None:
+                    return running, session.get(Job, running.job_id)
+        except Exception:  # the database's schema is made by the child; it may not be there yet
+            continue
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError(f"no {'/'.join(s.value for s in stages)} try started: {process.communicate()[0]}")
+
+
 def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model, tmp_path):
     """With 10-minute leases: the resume takes the killed worker's job at once (its process, on this host, is gone)."""
     env = {**env, "PIXELWIZARD_LEASE_SECONDS": "600"}
@@ -392,20 +411,7 @@ def test_kill_9_mid_render_then_resume_finishes_without_redoing_work(env, model,
     # Big enough that a job spends a few seconds in a working stage, so the kill lands inside one.
     process = run_cli(env, "batch", "run", str(source), "--model", model, "--out", str(out),
                       "--set", "num_frames=9", "--set", "anchor_steps=3")
-    deadline = time.monotonic() + 240
-    victim = None
-    while victim is None and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        try:
-            with resources.database()() as session:
-                victim = session.scalars(
-                    select(Job).join(Attempt, Attempt.job_id == Job.id).where(
-                        Job.status.in_([JobStatus.rendering, JobStatus.encoding]),
-                        Attempt.outcome == AttemptOutcome.running)
-                ).first()
-        except Exception:  # the database is created by the child; it may not exist yet
-            continue
-    assert victim is not None, process.communicate()[0]
+    _, victim = wait_for_a_running_attempt(process, [JobStatus.rendering, JobStatus.encoding])
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     # What the kill interrupted, read after it: the job may have finished the stage seen above in between.
@@ -516,16 +522,7 @@ def start_a_long_stage(env, model, tmp_path, out, stage=JobStatus.rendering) -> 
     process = run_cli(env, "batch", "run", str(write_prompts(tmp_path / "p.txt", PROMPTS[:2])), "--model", model,
                       "--out", str(out), "--set", "num_frames=9",
                       *[arg for field, value in steps.items() for arg in ("--set", f"{field}={value}")])
-    deadline, running = time.monotonic() + 240, None
-    while running is None and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        try:
-            with resources.database()() as session:
-                running = session.scalars(select(Attempt).where(
-                    Attempt.stage == stage, Attempt.outcome == AttemptOutcome.running)).first()
-        except Exception:  # the database is created by the child; it may not exist yet
-            pass
-    assert running is not None, f"no {stage} started"
+    running, _ = wait_for_a_running_attempt(process, [stage])
     return process, running
 
 
@@ -594,23 +591,6 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.done] * 2
 
-def _wait_for_a_running_render(process) -> tuple[Attempt, int]:
-    """The first detail or encoding attempt (a render worker's) of a child's batch once it runs, and the batch's id."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-        try:
-            with resources.database()() as session:
-                running = session.scalars(select(Attempt).where(
-                    Attempt.stage.in_([JobStatus.rendering, JobStatus.encoding]),
-                    Attempt.outcome == AttemptOutcome.running)).first()
-                if running is not None:
-                    return running, session.get(Job, running.job_id).batch_id
-        except Exception:  # the database's schema is made by the child; it may not be there yet
-            continue
-    raise AssertionError(f"no render started: {process.communicate()[0]}")
-
-
 def _batch_through_an_outage(child_env, proxy, model, tmp_path, seconds: float) -> tuple[Attempt, list[Attempt]]:
     """A real `batch run` of four prompts, one try per stage allowed, whose service behind ``proxy`` is cut for
     ``seconds`` once a render worker's stage runs. The batch must finish by itself, all done, exported, without a
@@ -620,7 +600,8 @@ def _batch_through_an_outage(child_env, proxy, model, tmp_path, seconds: float) 
     process = run_cli({**child_env, "PIXELWIZARD_MAX_ATTEMPTS": "1"}, "batch", "run",
                       str(write_prompts(tmp_path / "p.txt")), "--model", model, "--out", str(out),
                       "--set", "num_frames=9", "--set", "anchor_steps=3")
-    victim, batch_id = _wait_for_a_running_render(process)  # read through our own, direct connection
+    victim, job = wait_for_a_running_attempt(process, [JobStatus.rendering, JobStatus.encoding])  # read directly
+    batch_id = job.batch_id
     proxy.cut()
     time.sleep(seconds)
     assert proxy.refused > 0  # the batch did try the service meanwhile
@@ -657,7 +638,7 @@ def test_a_database_outage_longer_than_the_wait_ends_the_batch_on_one_line_and_r
     process = run_cli({**env, "PIXELWIZARD_DATABASE_URL": proxied_url, "PIXELWIZARD_OUTAGE_SECONDS": "3"},
                       "batch", "run", str(write_prompts(tmp_path / "p.txt")), "--model", model, "--out", str(out),
                       "--set", "num_frames=9", "--set", "anchor_steps=3")
-    _, batch_id = _wait_for_a_running_render(process)
+    batch_id = wait_for_a_running_attempt(process, [JobStatus.rendering, JobStatus.encoding])[1].batch_id
     proxy.cut()
     output, _ = process.communicate(timeout=120)
     proxy.restore()
