@@ -24,7 +24,7 @@ jobs_app = typer.Typer(help="Single jobs of a batch.", no_args_is_help=True)
 cache_app = typer.Typer(help="The anchor/detail latent and video cache.", no_args_is_help=True)
 console = Console(soft_wrap=True)
 
-Workers = Annotated[int, typer.Option(min=1, help="Render workers (threads here, or GPU-pool runs).")]
+Workers = Annotated[int, typer.Option(min=1, help="Render workers: threads of this process.")]
 Model = Annotated[Optional[str], typer.Option(help="Model bundle folder (default: the embedded tiny model).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Out = Annotated[Optional[Path], typer.Option(help="Also copy finished videos to OUT/<prompt id>.mp4.")]
@@ -217,11 +217,14 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     console.print(f"wall time {report['wall_seconds']:.1f} s")
     for failure in report["failures"]:
         console.print(f"[red]failed[/] job {failure['job_id']} ({failure['prompt_id']}): {failure['error']}")
+    for job in report["cancelled"]:
+        console.print(f"cancelled job {job['job_id']} ({job['prompt_id']}): 'pixelwizard jobs retry {job['job_id']}' "
+                      "runs it again")
     if report["stalled"]:
         console.print(f"{report['stalled']} job(s) held by workers that no longer run (killed, or their lease "
                       f"expired): 'pixelwizard batch resume {report['batch_id']}' takes them up")
     for item in report["outputs"]:
-        console.print(f"{item['prompt_id']}: {item['uri']}")
+        console.print(f"job {item['job_id']} {item['prompt_id']}: {item['uri']}")
 
 
 @batch_app.command("run")
@@ -248,7 +251,8 @@ def run(
     from flows import resources
 
     warn_unread_words_of_bundle(resources.model_path(model), specs)
-    report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides))
+    report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides,
+                                             render_on_pool=False))
     _finish(report, as_json, out)
 
 
@@ -297,7 +301,7 @@ def submit(
     preset: Annotated[str, typer.Option(help="tiny, 2k or 4k.")] = "2k",
     workers: Annotated[Optional[int], typer.Option(min=1, help="Render workers (default: the deployment's).")] = None,
     model: Model = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Base seed for prompts without their own.")] = 0,
     gpus: Annotated[Optional[int], typer.Option(
         min=1, help="GPU slots per host; worker i gets GPU i mod GPUS (default: the deployment's).")] = None,
     override: Overrides = None,
@@ -417,8 +421,8 @@ def _resume(batch_id: int, workers: int, model: str | None, device: str | None, 
     _check_here(out, device, lambda: check_batch_model(batch_id, model))
     if once_checked is not None:
         once_checked()
-    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_stopped_jobs=requeue_stopped_jobs),
-                       batch_hint=batch_id)
+    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, render_on_pool=False,
+                                            requeue_stopped_jobs=requeue_stopped_jobs), batch_hint=batch_id)
     _finish(report, as_json, out, export_job)
 
 
@@ -477,7 +481,7 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
           out: Annotated[Optional[Path], typer.Option(help="Also copy the job's video to OUT/<prompt id>.mp4.")] = Path(
               "out")) -> None:
     """Requeue one failed or cancelled job with a fresh count of attempts and, by default, run it (not the batch's
-    other failed jobs) and copy its video to ``--out``."""
+    other failed jobs) and copy its video to --out."""
     from flows import resources
     from storage.enums import STOPPED_STATUSES
     from storage.jobs import requeue_stopped
@@ -503,12 +507,17 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
         requeue()
 
 
+CACHE_AREAS = ("anchors", "details", "videos", "quarantine")  # the object store's top-level prefixes
+
+
 @cache_app.command("ls")
 def cache_ls(prefix: Annotated[str, typer.Argument(help="anchors, details, videos or quarantine.")] = "") -> None:
     """List cached objects with their sizes; an object PixelWizard did not write (no checksum of ours) is flagged."""
     from flows import resources
     from storage.errors import CorruptObjectError
 
+    if prefix and prefix.split("/", 1)[0] not in CACHE_AREAS:
+        fail(f"unknown cache area {prefix.split('/', 1)[0]!r}; choose {', '.join(CACHE_AREAS)} (or none: all of them)")
     total = 0
     try:
         store = resources.cache().store

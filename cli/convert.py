@@ -19,7 +19,7 @@ def convert(
     weights: Annotated[str, typer.Option(help="auto (EMA if present), ema or raw generator weights.")] = "auto",
     dtype: Annotated[str, typer.Option(help="bf16, fp32 or keep (the stored dtypes) for converted weights.")] = "bf16",
 ) -> None:
-    """Convert released weights into a bundle that ``render --model`` loads (docs/conversion.md)."""
+    """Convert released weights into a bundle that 'render --model' loads (docs/conversion.md)."""
     if weights not in ("auto", "ema", "raw"):
         fail(f"unknown weights {weights!r}; choose auto, ema or raw")
     if dtype not in ("bf16", "fp32", "keep"):

@@ -17,7 +17,7 @@ UrlOption = Annotated[
 
 @db_app.command()
 def upgrade(url: UrlOption = None, revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
-    """Apply the migrations up to REVISION (head by default)."""
+    """Apply the migrations up to --revision (head by default) and print the revision the database is at."""
     from storage.database import safe_url
     from storage.errors import DatabaseError
     from storage.migrate import current_revision, upgrade as run_upgrade

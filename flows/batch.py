@@ -118,16 +118,32 @@ def _render_loop(batch_id: int, model: str | None, device: str | None, label: st
 
 
 @flow(name="render-worker")
-def render_worker(batch_id: int, model: str | None = None, device: str | None = None, label: str = "0") -> int:
-    """Load the model once, then render claimed jobs until the batch has none left; returns the count."""
-    _preload(batch_id, model, device)
+def render_worker(batch_id: int, model: str | None = None, device: str | None = None, label: str = "0",
+                  batch_created: str | None = None) -> int:
+    """Load the model once, then render claimed jobs until the batch has none left; returns the count.
+    ``batch_created`` (the batch's ``created_at``, ISO 8601, as the nightly run sends it) makes sure that this
+    worker's run database is the one the batch was made in, not another holding a batch of the same id."""
+    _preload(batch_id, model, device, batch_created)
     return _render_loop(batch_id, model, device, label)
 
 
-def _preload(batch_id: int, model: str | None, device: str | None) -> None:
-    """Load the model with the memory plan of the batch's preset."""
+class ForeignBatchError(LookupError):
+    """A render worker was sent a batch that its run database does not hold: it was configured with another
+    ``PIXELWIZARD_DATABASE_URL`` than the process that made the batch."""
+
+
+def _preload(batch_id: int, model: str | None, device: str | None, batch_created: str | None = None) -> None:
+    """Load the model with the memory plan of the batch's preset, once the batch is known to be this database's."""
+    from storage.database import safe_url
+
     with resources.database()() as session:
-        preset = session.get(Batch, batch_id).preset
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch_created not in (None, batch.created_at.isoformat()):
+            raise ForeignBatchError(
+                f"batch {batch_id} {'is not in' if batch is None else 'sent here was made in another database than'} "
+                f"this worker's run database {safe_url(session.get_bind().url)}: give the worker the "
+                "PIXELWIZARD_DATABASE_URL (and PIXELWIZARD_STORE_URL) of the process that started the batch")
+        preset = batch.preset
     resources.pipeline(model, device, preset)
 
 
@@ -164,10 +180,10 @@ def _worker_device(device: str | None) -> str | None:
     return device.split(":", 1)[0]
 
 
-def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
+def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None, on_pool: bool) -> None:
     """Run ``workers`` render workers: runs of the render-worker deployment on the GPU pool
-    (worker i on GPU i mod ``gpus``) when the Prefect API has it, else threads in this process."""
-    if render_deployment_exists():
+    (worker i on GPU i mod ``gpus``) when ``on_pool`` and the Prefect API has it, else threads in this process."""
+    if on_pool and render_deployment_exists():
         _fan_out_to_pool(batch_id, workers, gpus, model, device)
         return
     _preload(batch_id, model, device)  # load once, before the threads share it
@@ -194,10 +210,13 @@ def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, 
 
     if gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
+    with resources.database()() as session:
+        created = session.get(Batch, batch_id).created_at.isoformat()
     runs = [
         run_deployment(
             RENDER_DEPLOYMENT,
-            parameters={"batch_id": batch_id, "model": model, "device": _worker_device(device), "label": str(i)},
+            parameters={"batch_id": batch_id, "model": model, "device": _worker_device(device), "label": str(i),
+                        "batch_created": created},
             idempotency_key=f"{flow_run.id}-render-{i}",
             job_variables={"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}},
             timeout=0,
@@ -210,7 +229,7 @@ def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, 
             if all(run.state is not None and run.state.is_final() for run in runs):
                 break
             time.sleep(RENDER_POLL_SECONDS)
-    bad = [f"{run.name} ({run.state.name})" for run in runs if not run.state.is_completed()]
+    bad = [f"{run.name} ({run.state.name}: {run.state.message})" for run in runs if not run.state.is_completed()]
     if bad:
         log.error("render worker runs did not complete: %s", ", ".join(bad))
 
@@ -226,16 +245,19 @@ def nightly_batch(
     name: str | None = None,
     gpus: int = 1,
     overrides: dict[str, Any] | None = None,
+    render_on_pool: bool = True,
 ) -> dict[str, Any]:
     """Ingest -> anchors -> N render workers -> summary. Failed jobs leave the batch ``partial``.
 
-    ``overrides`` replace preset fields for every job (e.g. ``{"detail_steps": 8}``).
+    ``overrides`` replace preset fields for every job (e.g. ``{"detail_steps": 8}``). The render workers are runs of
+    the render-worker deployment where the Prefect server has it, unless ``render_on_pool`` is False (the CLI's
+    ``batch run``, which renders where it runs): then, and without a server, they are threads of this process.
     """
     STOPPING.clear()  # an earlier run of this process that was stopped does not stop this one
     started = utcnow()
     batch_id = ingest(source, preset, model, seed, name, overrides)
     anchor_counts = anchors(batch_id, model, device)
-    _fan_out(batch_id, workers, gpus, model, device)
+    _fan_out(batch_id, workers, gpus, model, device, render_on_pool)
     report = _summary(batch_id, anchor_counts)
     # The same prompts and settings, from this file or another, map to the batch made for them earlier (batches are
     # keyed by content, `flows.ingestion`): the report says so, since that batch's done videos are not rendered again.
@@ -263,10 +285,11 @@ def check_batch_model(batch_id: int, model: str | None) -> None:
 @flow(name="resume-batch")
 def resume_batch(
     batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1,
-    requeue_stopped_jobs: bool = True,
+    requeue_stopped_jobs: bool = True, render_on_pool: bool = True,
 ) -> dict[str, Any]:
     """Requeue failed and cancelled (unless told not to) jobs, jobs whose lease expired or whose worker on this host is
-    gone, and done ones whose video is gone from the store; then run only the stages they are missing."""
+    gone, and done ones whose video is gone from the store; then run only the stages they are missing (render workers
+    as ``nightly_batch`` places them)."""
     from storage.jobs import requeue_expired, requeue_lost_videos, requeue_stopped
 
     check_batch_model(batch_id, model)
@@ -277,7 +300,7 @@ def resume_batch(
         requeued += requeue_lost_videos(session, batch_id, _jobs_without_their_video(session, batch_id))
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)
-    _fan_out(batch_id, workers, gpus, model, device)
+    _fan_out(batch_id, workers, gpus, model, device, render_on_pool)
     return _summary(batch_id, anchor_counts)
 
 

@@ -71,5 +71,6 @@ def batch_report(session: Session, batch_id: int) -> dict[str, Any]:
             for j in jobs
             if j.status == JobStatus.failed
         ],
+        "cancelled": [{"job_id": j.id, "prompt_id": j.prompt_id} for j in jobs if j.status == JobStatus.cancelled],
         "outputs": [{"job_id": j.id, "prompt_id": j.prompt_id, "uri": videos[j.id]} for j in jobs if j.id in videos],
     }

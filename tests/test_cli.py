@@ -281,11 +281,13 @@ def test_errors_name_paths_as_given(env, tmp_path, args, message):
          "--deployment must be FLOW/DEPLOYMENT (as 'prefect deployment ls' shows it), got 'nope'"),
         (["batch", "submit", "{dir}/missing.txt"], "missing.txt: no such file"),
         (["batch", "submit", "{dir}/bad.jsonl"], "bad.jsonl:2:"),
+        (["cache", "ls", "video"], "unknown cache area 'video'; choose anchors, details, videos, quarantine"),
     ],
 )
 def test_bad_batch_options_are_one_line_exit_2(env, tmp_path, args, message):
     """Checked before any database or server is reached (on PostgreSQL a negative --limit was a traceback; a submit
-    of a missing prompt file was accepted and failed on a worker)."""
+    of a missing prompt file was accepted and failed on a worker; `cache ls` of a misspelt area listed nothing, exit
+    0)."""
     (tmp_path / "p.txt").write_text("a red circle\n")
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "a red circle"}\n{"prompt": \n')
     result = run(env, *[a.format(dir=tmp_path) for a in args], timeout=120)

@@ -29,7 +29,7 @@ from pixelwizard.bundle import write_bundle
 from pixelwizard.default_model import build_tiny_pipeline
 from pixelwizard.video import read_video
 from storage.database import open_database
-from storage.models import Artifact, ArtifactKind, Job, JobStatus
+from storage.models import Artifact, ArtifactKind, Batch, Job, JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"num_frames": 5, "anchor_width": 64, "anchor_height": 32, "anchor_steps": 3,
@@ -281,6 +281,36 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
             time.sleep(2)
             again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
         assert again["state_type"] == "COMPLETED", again["state"]
+
+        # `batch run` renders where it runs, also with a server that has the render-worker deployment: here with a
+        # SQLite database of its own, which the gpu pool's worker does not share (its render runs had taken the work
+        # and failed, or rendered the shared database's batch of the same id).
+        render_runs = len(flow_runs(api, deployment_id={"any_": [render["id"]]}))
+        local = tmp_path / "local"
+        here = subprocess.run(
+            [sys.executable, "-m", "cli", "batch", "run", str(prompts), "--model", model, "--out", str(local / "out"),
+             "--json", *sets], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+            env={**client_env, "PIXELWIZARD_HOME": str(local), "PIXELWIZARD_DATABASE_URL": f"sqlite:///{local}/pw.db"})
+        assert here.returncode == 0, here.stdout[-2000:] + here.stderr[-2000:]
+        assert json.loads(here.stdout[here.stdout.index("{"):])["status"] == "done"
+        assert sorted(p.name for p in (local / "out").iterdir()) == sorted(f"{p['id']}.mp4" for p in PROMPTS)
+        assert len(flow_runs(api, deployment_id={"any_": [render["id"]]})) == render_runs
+
+        # A render-worker run sent a batch its worker's database did not make fails on one line, before the model
+        # loads; the nightly run sends the batch's creation time with its id.
+        with open_database(database_url, migrate=False)() as session:
+            [shared] = session.scalars(select(Batch)).all()
+        foreign = services.prefect("deployment", "run", "render-worker/render-worker", "--params", json.dumps(
+            {"batch_id": shared.id, "model": model, "batch_created": "2000-01-01T00:00:00+00:00"}))
+        foreign_id = re.search(r"UUID:\s*([0-9a-f-]{36})", foreign).group(1)
+        while (failed := httpx.get(f"{api}/flow_runs/{foreign_id}", timeout=30).json())["state_type"] not in (
+                "COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            services.check_alive()
+            assert time.monotonic() < deadline + 2 * RUN_TIMEOUT_S, f"render run still {failed['state_name']}"
+            time.sleep(1)
+        assert failed["state_type"] == "FAILED", failed["state"]
+        assert (f"ForeignBatchError: batch {shared.id} sent here was made in another database than this worker's "
+                f"run database {database_url}") in failed["state"]["message"], failed["state"]
 
         # The cron schedule is live: the server's scheduler has queued nightly runs at 01:00 Berlin time.
         berlin = ZoneInfo("Europe/Berlin")

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -575,6 +577,8 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
         attempt = session.get(Attempt, rendering.id)
     assert (attempt.outcome, attempt.error) == (AttemptOutcome.interrupted, "cancelled by the operator")
     assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.cancelled] * 2
+    for job in jobs_of(victim.batch_id):  # named with the id that `jobs retry` takes (only the JSON report had it)
+        assert f"cancelled job {job.id} ({job.prompt_id}): 'pixelwizard jobs retry {job.id}' runs it again" in output
     detail_key = job_work.plan_job(victim, "float32").detail_key
     assert resources.cache().entry_object(ArtifactKind.detail_latent, detail_key) is None  # stopped mid-sampling
 
@@ -583,6 +587,7 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
     assert resumed.returncode == 0, output
     report = json.loads(output[output.index("{"):])
     assert report["status"] == "done" and report["anchors"] == {"generated": 0, "cached": 2, "skipped": 0}
+    assert report["cancelled"] == []
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{j.prompt_id}.mp4" for j in jobs_of(victim.batch_id))
 
     for args, message in ((["jobs", "cancel", str(victim.id)], f"job {victim.id} is done"),
@@ -666,6 +671,25 @@ def test_an_object_store_outage_mid_batch_is_waited_out_and_costs_no_job_a_try(e
              "AWS_ENDPOINT_URL_S3": proxy.url, "PIXELWIZARD_STORE_URL": s3_bucket.url("pw")}
     _, interrupted = _batch_through_an_outage(child, proxy, model, tmp_path, 25)
     assert interrupted and all(a.error.startswith("StoreUnreachableError: S3 ") for a in interrupted), interrupted
+
+
+def test_a_render_worker_given_another_databases_batch_stops_on_one_line_before_loading_the_model(env, model,
+                                                                                                  tmp_path):
+    """A render-worker run is sent a batch id; a worker configured with another run database than the nightly run's
+    had failed on an AttributeError (no such batch) or, worse, rendered that database's batch of the same id."""
+    from flows.batch import ForeignBatchError, render_worker
+
+    report = nightly_batch(str(write_prompts(tmp_path / "p.txt", PROMPTS[:1])), "tiny", model=model, overrides=SMALL)
+    with resources.database()() as session:
+        created = session.get(Batch, report["batch_id"]).created_at
+    database = os.environ["PIXELWIZARD_DATABASE_URL"]
+    with pytest.raises(ForeignBatchError, match=rf"^batch 99 is not in this worker's run database {re.escape(database)}"
+                                                r": give the worker the PIXELWIZARD_DATABASE_URL"):
+        render_worker(99, model)
+    another = (created - timedelta(microseconds=1)).isoformat()
+    with pytest.raises(ForeignBatchError, match=rf"^batch {report['batch_id']} sent here was made in another database"):
+        render_worker(report["batch_id"], model, batch_created=another)
+    assert render_worker(report["batch_id"], model, batch_created=created.isoformat()) == 0  # its own: nothing left
 
 
 def test_the_prompt_file_type_comes_from_the_whole_name(model, tmp_path):
