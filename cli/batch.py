@@ -298,27 +298,32 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 @batch_app.command("submit")
 def submit(
     file: Annotated[str, typer.Argument(help="Prompt file URI the workers can read (s3://... or a shared path).")],
-    preset: Annotated[str, typer.Option(help="tiny, 2k or 4k.")] = "2k",
+    preset: Annotated[Optional[str], typer.Option(help="tiny, 2k or 4k (default: the deployment's).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Render workers (default: the deployment's).")] = None,
-    model: Model = None,
-    seed: Annotated[int, typer.Option(help="Base seed for prompts without their own.")] = 0,
+    model: Annotated[Optional[str], typer.Option(
+        help="Model bundle folder on the workers (default: the deployment's, else the embedded tiny model).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Base seed for prompts without their own (default: the "
+                                                     "deployment's, else 0).")] = None,
     gpus: Annotated[Optional[int], typer.Option(
         min=1, help="GPU slots per host; worker i gets GPU i mod GPUS (default: the deployment's).")] = None,
     override: Overrides = None,
     deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
 ) -> None:
-    """Start the batch on the Prefect server's deployment and print the flow run id. The prompt file is read and
-    checked here first, so a missing or malformed one is refused now rather than failing on a worker tonight."""
+    """Start the batch on the Prefect server's deployment and print the flow run id. Only the options given are sent:
+    the rest are the deployment's (prefect.yaml). The prompt file is read and checked here first, so a missing or
+    malformed one is refused now rather than failing on a worker tonight."""
     _quiet_prefect()
     from flows.batch import prefect_api_configured
     from flows.ingestion import FORMATS, prompt_format
-    from pixelwizard.presets import get_preset
     from pixelwizard.prompts import parse_prompts
     from storage.sources import absolute_source, read_source
 
     overrides = _parse_overrides(override or [])
+    if seed is not None:
+        check_seed(seed)
+    if preset is not None:
+        _check_preset(preset, overrides)
     try:
-        get_preset(preset).with_overrides(**overrides)
         parse_prompts(read_source(file), file, FORMATS[prompt_format(file)])
     except _known_errors() as exc:
         fail(first_line(exc))
@@ -327,22 +332,36 @@ def submit(
         fail(f"--deployment must be FLOW/DEPLOYMENT (as 'prefect deployment ls' shows it), got {deployment!r}")
     if not prefect_api_configured():
         fail("no Prefect API configured: set PREFECT_API_URL (see docs/deployment.md)")
-    from prefect.deployments import run_deployment
-
-    source = absolute_source(file)  # the workers run in another folder
-    parameters = {"source": source, "preset": preset, "model": model, "seed": seed, "overrides": overrides}
-    parameters |= {name: value for name, value in (("workers", workers), ("gpus", gpus)) if value is not None}
     import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+    given = {"preset": preset, "model": model, "seed": seed, "workers": workers, "gpus": gpus,
+             "overrides": overrides or None}
+    parameters = {"source": absolute_source(file)}  # a path made absolute: the workers run in another folder
+    parameters |= {name: value for name, value in given.items() if value is not None}
     try:
+        if preset is None and overrides:  # the overrides must suit the preset the run will use
+            with get_client(sync_client=True) as client:
+                _check_preset(client.read_deployment_by_name(deployment).parameters.get("preset", "tiny"), overrides)
         run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
     except ObjectNotFound:
         fail(f"no deployment {deployment} on {_api_url()}: deploy it first ('prefect deploy --all', see "
              "docs/deployment.md)", EXIT_FAILURE)
     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # no server there, or it refused
         fail(f"cannot start {deployment} on {_api_url()}: {first_line(exc)}", EXIT_FAILURE)
-    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {source}")
+    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {parameters['source']}")
+
+
+def _check_preset(preset: str, overrides: dict[str, Any]) -> None:
+    """A one-line error unless ``preset`` exists and takes ``overrides``."""
+    from pixelwizard.presets import get_preset
+
+    try:
+        get_preset(preset).with_overrides(**overrides)
+    except _known_errors() as exc:
+        fail(first_line(exc))
 
 
 def _api_url() -> str:

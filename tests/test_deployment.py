@@ -282,6 +282,23 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
             again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
         assert again["state_type"] == "COMPLETED", again["state"]
 
+        # Options not given are the deployment's: here a model set on the server (as prefect.yaml may) and its preset
+        # (2k) stay, where submit had sent preset 2k, no model and seed 0 over them. The cpu pool is paused meanwhile,
+        # so that the run is only read, then deleted.
+        services.prefect("work-pool", "pause", "cpu")
+        stored = {**nightly["parameters"], "model": model}
+        httpx.patch(f"{api}/deployments/{nightly['id']}", json={"parameters": stored}, timeout=30).raise_for_status()
+        bare = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--seed", "7"], cwd=REPO,
+                              env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        assert bare.returncode == 0, bare.stderr
+        bare_id = re.search(r"submitted flow run ([0-9a-f-]{36})", bare.stdout).group(1)
+        assert httpx.get(f"{api}/flow_runs/{bare_id}", timeout=30).json()["parameters"] == {
+            **stored, "source": str(prompts), "seed": 7}
+        httpx.delete(f"{api}/flow_runs/{bare_id}", timeout=30).raise_for_status()
+        httpx.patch(f"{api}/deployments/{nightly['id']}", json={"parameters": nightly["parameters"]},
+                    timeout=30).raise_for_status()
+        services.prefect("work-pool", "resume", "cpu")
+
         # `batch run` renders where it runs, also with a server that has the render-worker deployment: here with a
         # SQLite database of its own, which the gpu pool's worker does not share (its render runs had taken the work
         # and failed, or rendered the shared database's batch of the same id).
