@@ -218,8 +218,10 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     for failure in report["failures"]:
         console.print(f"[red]failed[/] job {failure['job_id']} ({failure['prompt_id']}): {failure['error']}")
     for job in report["cancelled"]:
-        console.print(f"cancelled job {job['job_id']} ({job['prompt_id']}): 'pixelwizard jobs retry {job['job_id']}' "
-                      "runs it again")
+        console.print(f"cancelled job {job['job_id']} ({job['prompt_id']})")
+    if report["cancelled"]:
+        console.print(f"'pixelwizard batch resume {report['batch_id']}' runs the cancelled jobs again, "
+                      "'pixelwizard jobs retry JOB' one of them")
     if report["stalled"]:
         console.print(f"{report['stalled']} job(s) held by workers that no longer run (killed, or their lease "
                       f"expired): 'pixelwizard batch resume {report['batch_id']}' takes them up")
@@ -342,9 +344,10 @@ def submit(
     parameters = {"source": absolute_source(file)}  # a path made absolute: the workers run in another folder
     parameters |= {name: value for name, value in given.items() if value is not None}
     try:
-        if preset is None and overrides:  # the overrides must suit the preset the run will use
+        if preset is None and overrides:  # the overrides must suit the preset the run will use: the deployment's
             with get_client(sync_client=True) as client:
-                _check_preset(client.read_deployment_by_name(deployment).parameters.get("preset", "tiny"), overrides)
+                stored = client.read_deployment_by_name(deployment).parameters.get("preset", _default("preset"))
+            _check_preset(str(stored), overrides, f"the deployment's preset {stored}: ")
         run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
     except ObjectNotFound:
         fail(f"no deployment {deployment} on {_api_url()}: deploy it first ('prefect deploy --all', see "
@@ -354,14 +357,23 @@ def submit(
     typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {parameters['source']}")
 
 
-def _check_preset(preset: str, overrides: dict[str, Any]) -> None:
-    """A one-line error unless ``preset`` exists and takes ``overrides``."""
+def _check_preset(preset: str, overrides: dict[str, Any], context: str = "") -> None:
+    """A one-line error (``context`` first) unless ``preset`` exists and takes ``overrides``."""
     from pixelwizard.presets import get_preset
 
     try:
         get_preset(preset).with_overrides(**overrides)
     except _known_errors() as exc:
-        fail(first_line(exc))
+        fail(context + first_line(exc))
+
+
+def _default(parameter: str) -> Any:
+    """The nightly flow's own default for ``parameter``, which a run takes where its deployment sets none."""
+    import inspect
+
+    from flows.batch import nightly_batch
+
+    return inspect.signature(nightly_batch.fn).parameters[parameter].default
 
 
 def _api_url() -> str:
@@ -440,8 +452,8 @@ def _resume(batch_id: int, workers: int, model: str | None, device: str | None, 
     _check_here(out, device, lambda: check_batch_model(batch_id, model))
     if once_checked is not None:
         once_checked()
-    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, render_on_pool=False,
-                                            requeue_stopped_jobs=requeue_stopped_jobs), batch_hint=batch_id)
+    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_stopped_jobs=requeue_stopped_jobs),
+                       batch_hint=batch_id)
     _finish(report, as_json, out, export_job)
 
 
@@ -526,14 +538,12 @@ def retry(job_id: int, run_now: Annotated[bool, typer.Option("--run/--no-run", h
         requeue()
 
 
-CACHE_AREAS = ("anchors", "details", "videos", "quarantine")  # the object store's top-level prefixes
-
-
 @cache_app.command("ls")
 def cache_ls(prefix: Annotated[str, typer.Argument(help="anchors, details, videos or quarantine.")] = "") -> None:
     """List cached objects with their sizes; an object PixelWizard did not write (no checksum of ours) is flagged."""
     from flows import resources
     from storage.errors import CorruptObjectError
+    from storage.latent_cache import CACHE_AREAS
 
     if prefix and prefix.split("/", 1)[0] not in CACHE_AREAS:
         fail(f"unknown cache area {prefix.split('/', 1)[0]!r}; choose {', '.join(CACHE_AREAS)} (or none: all of them)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -104,7 +102,7 @@ def render(
     warn_unread_words(pipe.tokenizer, todo)
     pipe.place(target, offload=plan.offload, attention_backend=plan.attention_backend, compile_blocks=plan.compile)
     failures = 0
-    with _out_folder(out), StageProgress() as progress:
+    with StageProgress() as progress:
         for spec in todo:
             progress.start_prompt(spec.id)
             try:
@@ -118,6 +116,7 @@ def render(
                     batch_cfg=plan.batch_cfg,
                     on_progress=progress.update,
                 )
+                out.mkdir(parents=True, exist_ok=True)  # only once there is a video: a stopped render leaves no folder
                 path = encode_video(iter(result.frames.numpy()), out / f"{spec.id}.mp4", fps=chosen.fps, codec=codec)
                 progress.finish_prompt(spec.id, str(path))
             except Exception as exc:  # one bad prompt must not lose the others
@@ -125,22 +124,6 @@ def render(
                 progress.console.print(f"[red]failed[/] {escape(spec.id)}: {escape(first_line(exc))}")
     if failures:
         fail(f"{failures} of {len(todo)} prompt(s) failed", EXIT_FAILURE)
-
-
-@contextmanager
-def _out_folder(out: Path) -> Iterator[None]:
-    """Makes ``out`` for the command's videos, and removes it again if the command ends (Ctrl-C, SIGTERM, every prompt
-    failed) before anything was written into it, so that a stopped render leaves no empty folder behind."""
-    made = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"--out {out}: {exc.strerror or exc}")
-    try:
-        yield
-    finally:
-        if made and not any(out.iterdir()):
-            out.rmdir()
 
 
 def _plan(preset: str, target: str, offload: str, attention_backend: str, compile_blocks: bool | None) -> "ExecutionPlan":

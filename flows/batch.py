@@ -136,9 +136,13 @@ def _preload(batch_id: int, model: str | None, device: str | None, batch_created
     """Load the model with the memory plan of the batch's preset, once the batch is known to be this database's."""
     from storage.database import safe_url
 
+    try:
+        created = None if batch_created is None else datetime.fromisoformat(batch_created)
+    except ValueError:
+        raise ForeignBatchError(f"batch_created {batch_created!r} is not an ISO 8601 time (the batch's created_at)")
     with resources.database()() as session:
         batch = session.get(Batch, batch_id)
-        if batch is None or batch_created not in (None, batch.created_at.isoformat()):
+        if batch is None or created not in (None, batch.created_at):
             raise ForeignBatchError(
                 f"batch {batch_id} {'is not in' if batch is None else 'sent here was made in another database than'} "
                 f"this worker's run database {safe_url(session.get_bind().url)}: give the worker the "
@@ -180,12 +184,8 @@ def _worker_device(device: str | None) -> str | None:
     return device.split(":", 1)[0]
 
 
-def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None, on_pool: bool) -> None:
-    """Run ``workers`` render workers: runs of the render-worker deployment on the GPU pool
-    (worker i on GPU i mod ``gpus``) when ``on_pool`` and the Prefect API has it, else threads in this process."""
-    if on_pool and render_deployment_exists():
-        _fan_out_to_pool(batch_id, workers, gpus, model, device)
-        return
+def _render_here(batch_id: int, workers: int, model: str | None, device: str | None) -> None:
+    """Run ``workers`` render workers as threads of this process, until the batch has no job left for them."""
     _preload(batch_id, model, device)  # load once, before the threads share it
     futures = [render_worker_task.submit(batch_id, model, device, str(i)) for i in range(workers)]
     try:
@@ -197,7 +197,7 @@ def _fan_out(batch_id: int, workers: int, gpus: int, model: str | None, device: 
 
 
 def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None) -> None:
-    """Create one render-worker deployment run per worker, then wait for all of them.
+    """Create one render-worker deployment run per worker (worker i on GPU i mod ``gpus``), then wait for all of them.
 
     The runs are created here, in the flow's own thread, so each is linked to this flow run as a
     subflow (cancelling the batch cancels them) and keyed by it (a retry of this flow run finds
@@ -229,7 +229,8 @@ def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, 
             if all(run.state is not None and run.state.is_final() for run in runs):
                 break
             time.sleep(RENDER_POLL_SECONDS)
-    bad = [f"{run.name} ({run.state.name}: {run.state.message})" for run in runs if not run.state.is_completed()]
+    bad = [f"{run.name} ({run.state.name}: {run.state.message or 'no message'})" for run in runs
+           if not run.state.is_completed()]
     if bad:
         log.error("render worker runs did not complete: %s", ", ".join(bad))
 
@@ -257,7 +258,10 @@ def nightly_batch(
     started = utcnow()
     batch_id = ingest(source, preset, model, seed, name, overrides)
     anchor_counts = anchors(batch_id, model, device)
-    _fan_out(batch_id, workers, gpus, model, device, render_on_pool)
+    if render_on_pool and render_deployment_exists():
+        _fan_out_to_pool(batch_id, workers, gpus, model, device)
+    else:
+        _render_here(batch_id, workers, model, device)
     report = _summary(batch_id, anchor_counts)
     # The same prompts and settings, from this file or another, map to the batch made for them earlier (batches are
     # keyed by content, `flows.ingestion`): the report says so, since that batch's done videos are not rendered again.
@@ -284,12 +288,12 @@ def check_batch_model(batch_id: int, model: str | None) -> None:
 
 @flow(name="resume-batch")
 def resume_batch(
-    batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None, gpus: int = 1,
-    requeue_stopped_jobs: bool = True, render_on_pool: bool = True,
+    batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None,
+    requeue_stopped_jobs: bool = True,
 ) -> dict[str, Any]:
     """Requeue failed and cancelled (unless told not to) jobs, jobs whose lease expired or whose worker on this host is
-    gone, and done ones whose video is gone from the store; then run only the stages they are missing (render workers
-    as ``nightly_batch`` places them)."""
+    gone, and done ones whose video is gone from the store; then run only the stages they are missing, here (the
+    render workers as threads of this process)."""
     from storage.jobs import requeue_expired, requeue_lost_videos, requeue_stopped
 
     check_batch_model(batch_id, model)
@@ -300,7 +304,7 @@ def resume_batch(
         requeued += requeue_lost_videos(session, batch_id, _jobs_without_their_video(session, batch_id))
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)
-    _fan_out(batch_id, workers, gpus, model, device, render_on_pool)
+    _render_here(batch_id, workers, model, device)
     return _summary(batch_id, anchor_counts)
 
 

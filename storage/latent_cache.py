@@ -57,6 +57,7 @@ _LAYOUT: dict[ArtifactKind, tuple[str, str]] = {
     ArtifactKind.detail_latent: ("details", ".safetensors"),
     ArtifactKind.video: ("videos", ".mp4"),
 }
+CACHE_AREAS = (*(prefix for prefix, _ in _LAYOUT.values()), QUARANTINE_PREFIX)  # the store's top-level prefixes
 _RESERVED_RECORD_FIELDS = frozenset({"kind", "key", "created_at", "object", "tensors"})
 
 

@@ -153,6 +153,25 @@ def deployment(api: str, name: str) -> dict:
     return response.json()
 
 
+def final_state(services: Services, api: str, run_id: str) -> dict:
+    """The flow run once it has ended, polled every second for up to RUN_TIMEOUT_S while the services run."""
+    deadline, state = time.monotonic() + RUN_TIMEOUT_S, "not yet read"
+    while True:
+        try:
+            run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+        except httpx.TransportError as error:
+            # On a loaded 2-core machine the server, the workers and two render processes share the
+            # cores, and one poll can time out (seen in CI); the run's own deadline decides.
+            print(f"poll of flow run {run_id} failed, polling again: {error!r}")
+        else:
+            state = run["state_name"]
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+        services.check_alive()
+        assert time.monotonic() < deadline, f"flow run {run_id} still {state} after {RUN_TIMEOUT_S} s"
+        time.sleep(1)
+
+
 def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool(tmp_path):
     model = str(write_bundle(build_tiny_pipeline(seed=3), tmp_path / "model" / "tiny"))
     prompts = tmp_path / "nightly.jsonl"
@@ -220,22 +239,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         assert match, submitted
         run_id = match.group(1)
 
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        state = "not yet read"
-        while True:
-            try:
-                run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
-            except httpx.TransportError as error:
-                # On a loaded 2-core machine the server, the workers and two render processes share the
-                # cores, and one poll can time out (seen in CI); the run's own deadline decides.
-                print(f"poll of the nightly run failed, polling again: {error!r}")
-            else:
-                state = run["state_name"]
-                if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                    break
-            services.check_alive()
-            assert time.monotonic() < deadline, f"nightly-batch run still {state} after {RUN_TIMEOUT_S} s"
-            time.sleep(2)
+        run = final_state(services, api, run_id)
         assert run["state_type"] == "COMPLETED", run["state"]
         assert run["deployment_id"] == nightly["id"] and run["work_pool_name"] == "cpu"
         assert f"submitting flow run '{run_id}'" in services.log("worker-cpu")
@@ -275,11 +279,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
         assert (again["parameters"]["workers"], again["parameters"]["gpus"]) == (1, 8)
         assert again["parameters"]["source"] == str(prompts)
-        while again["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):  # the same batch: no work
-            services.check_alive()
-            assert time.monotonic() < deadline + RUN_TIMEOUT_S, f"submitted run still {again['state_name']}"
-            time.sleep(2)
-            again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
+        again = final_state(services, api, submitted_id)  # the same batch: no work
         assert again["state_type"] == "COMPLETED", again["state"]
 
         # Options not given are the deployment's: here a model set on the server (as prefect.yaml may) and its preset
@@ -295,6 +295,10 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         assert httpx.get(f"{api}/flow_runs/{bare_id}", timeout=30).json()["parameters"] == {
             **stored, "source": str(prompts), "seed": 7}
         httpx.delete(f"{api}/flow_runs/{bare_id}", timeout=30).raise_for_status()
+        unfit = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--set", "num_frames=6"],
+                               cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        assert (unfit.returncode, unfit.stderr.strip()) == (2, "error: the deployment's preset 2k: frame count 6 is not "
+                                                               "of the form 4k+1 (e.g. 17, 121)"), unfit.stderr
         httpx.patch(f"{api}/deployments/{nightly['id']}", json={"parameters": nightly["parameters"]},
                     timeout=30).raise_for_status()
         services.prefect("work-pool", "resume", "cpu")
@@ -320,11 +324,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         foreign = services.prefect("deployment", "run", "render-worker/render-worker", "--params", json.dumps(
             {"batch_id": shared.id, "model": model, "batch_created": "2000-01-01T00:00:00+00:00"}))
         foreign_id = re.search(r"UUID:\s*([0-9a-f-]{36})", foreign).group(1)
-        while (failed := httpx.get(f"{api}/flow_runs/{foreign_id}", timeout=30).json())["state_type"] not in (
-                "COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            services.check_alive()
-            assert time.monotonic() < deadline + 2 * RUN_TIMEOUT_S, f"render run still {failed['state_name']}"
-            time.sleep(1)
+        failed = final_state(services, api, foreign_id)
         assert failed["state_type"] == "FAILED", failed["state"]
         assert (f"ForeignBatchError: batch {shared.id} sent here was made in another database than this worker's "
                 f"run database {database_url}") in failed["state"]["message"], failed["state"]

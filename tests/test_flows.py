@@ -578,7 +578,9 @@ def test_cancel_stops_a_running_render_within_a_heartbeat_and_resume_takes_the_b
     assert (attempt.outcome, attempt.error) == (AttemptOutcome.interrupted, "cancelled by the operator")
     assert [j.status for j in jobs_of(victim.batch_id)] == [JobStatus.cancelled] * 2
     for job in jobs_of(victim.batch_id):  # named with the id that `jobs retry` takes (only the JSON report had it)
-        assert f"cancelled job {job.id} ({job.prompt_id}): 'pixelwizard jobs retry {job.id}' runs it again" in output
+        assert f"cancelled job {job.id} ({job.prompt_id})\n" in output
+    assert (f"'pixelwizard batch resume {victim.batch_id}' runs the cancelled jobs again, 'pixelwizard jobs retry JOB' "
+            "one of them") in output
     detail_key = job_work.plan_job(victim, "float32").detail_key
     assert resources.cache().entry_object(ArtifactKind.detail_latent, detail_key) is None  # stopped mid-sampling
 
@@ -689,7 +691,10 @@ def test_a_render_worker_given_another_databases_batch_stops_on_one_line_before_
     another = (created - timedelta(microseconds=1)).isoformat()
     with pytest.raises(ForeignBatchError, match=rf"^batch {report['batch_id']} sent here was made in another database"):
         render_worker(report["batch_id"], model, batch_created=another)
-    assert render_worker(report["batch_id"], model, batch_created=created.isoformat()) == 0  # its own: nothing left
+    with pytest.raises(ForeignBatchError, match=r"^batch_created 'yesterday' is not an ISO 8601 time"):
+        render_worker(report["batch_id"], model, batch_created="yesterday")
+    for own in (created.isoformat(), created.isoformat().replace("+00:00", "Z")):  # the same time, written either way
+        assert render_worker(report["batch_id"], model, batch_created=own) == 0  # its own batch: nothing left to do
 
 
 def test_the_prompt_file_type_comes_from_the_whole_name(model, tmp_path):
