@@ -315,7 +315,7 @@ def submit(
     the rest are the deployment's (prefect.yaml). The prompt file is read and checked here first, so a missing or
     malformed one is refused now rather than failing on a worker tonight."""
     _quiet_prefect()
-    from flows.batch import prefect_api_configured
+    from flows.batch import DEFAULT_PRESET, prefect_api_configured
     from flows.ingestion import FORMATS, prompt_format
     from pixelwizard.prompts import parse_prompts
     from storage.sources import absolute_source, read_source
@@ -346,7 +346,7 @@ def submit(
     try:
         if preset is None and overrides:  # the overrides must suit the preset the run will use: the deployment's
             with get_client(sync_client=True) as client:
-                stored = client.read_deployment_by_name(deployment).parameters.get("preset", _default("preset"))
+                stored = client.read_deployment_by_name(deployment).parameters.get("preset", DEFAULT_PRESET)
             _check_preset(str(stored), overrides, f"the deployment's preset {stored}: ")
         run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
     except ObjectNotFound:
@@ -365,15 +365,6 @@ def _check_preset(preset: str, overrides: dict[str, Any], context: str = "") -> 
         get_preset(preset).with_overrides(**overrides)
     except _known_errors() as exc:
         fail(context + first_line(exc))
-
-
-def _default(parameter: str) -> Any:
-    """The nightly flow's own default for ``parameter``, which a run takes where its deployment sets none."""
-    import inspect
-
-    from flows.batch import nightly_batch
-
-    return inspect.signature(nightly_batch.fn).parameters[parameter].default
 
 
 def _api_url() -> str:
@@ -545,8 +536,9 @@ def cache_ls(prefix: Annotated[str, typer.Argument(help="anchors, details, video
     from storage.errors import CorruptObjectError
     from storage.latent_cache import CACHE_AREAS
 
-    if prefix and prefix.split("/", 1)[0] not in CACHE_AREAS:
-        fail(f"unknown cache area {prefix.split('/', 1)[0]!r}; choose {', '.join(CACHE_AREAS)} (or none: all of them)")
+    area = prefix.split("/", 1)[0]
+    if area and area not in CACHE_AREAS:
+        fail(f"unknown cache area {area!r}; choose {', '.join(CACHE_AREAS)} (or none: all of them)")
     total = 0
     try:
         store = resources.cache().store

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RENDER_DEPLOYMENT = "render-worker/render-worker"
 RENDER_POLL_SECONDS = 2.0  # how often the nightly run checks on its render-worker runs
+DEFAULT_PRESET = "tiny"  # a batch's preset where neither its caller nor its deployment names one
 
 
 def _drain(
@@ -238,7 +239,7 @@ def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, 
 @flow(name="nightly-batch")
 def nightly_batch(
     source: str,
-    preset: str = "tiny",
+    preset: str = DEFAULT_PRESET,
     workers: int = 1,
     model: str | None = None,
     seed: int = 0,
