@@ -28,6 +28,9 @@ Workers = Annotated[int, typer.Option(min=1, help="Render workers: threads of th
 Model = Annotated[Optional[str], typer.Option(help="Model bundle folder (default: the embedded tiny model).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Out = Annotated[Optional[Path], typer.Option(help="Also copy finished videos to OUT/<prompt id>.mp4.")]
+PoolWorkers = Annotated[Optional[int], typer.Option(min=1, help="Render workers (default: the deployment's).")]
+PoolGpus = Annotated[Optional[int], typer.Option(
+    min=1, help="GPU slots per host; worker i gets GPU i mod GPUS (default: the deployment's).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Overrides = Annotated[
     Optional[list[str]], typer.Option("--set", help="Preset field override, e.g. --set detail_steps=8.")
@@ -301,13 +304,12 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 def submit(
     file: Annotated[str, typer.Argument(help="Prompt file URI the workers can read (s3://... or a shared path).")],
     preset: Annotated[Optional[str], typer.Option(help="tiny, 2k or 4k (default: the deployment's).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Render workers (default: the deployment's).")] = None,
+    workers: PoolWorkers = None,
     model: Annotated[Optional[str], typer.Option(
         help="Model bundle folder on the workers (default: the deployment's, else the embedded tiny model).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Base seed for prompts without their own (default: the "
                                                      "deployment's, else 0).")] = None,
-    gpus: Annotated[Optional[int], typer.Option(
-        min=1, help="GPU slots per host; worker i gets GPU i mod GPUS (default: the deployment's).")] = None,
+    gpus: PoolGpus = None,
     override: Overrides = None,
     deployment: Annotated[str, typer.Option(help="The nightly deployment.")] = "nightly-batch/nightly-batch",
 ) -> None:
@@ -315,7 +317,7 @@ def submit(
     the rest are the deployment's (prefect.yaml). The prompt file is read and checked here first, so a missing or
     malformed one is refused now rather than failing on a worker tonight."""
     _quiet_prefect()
-    from flows.batch import DEFAULT_PRESET, prefect_api_configured
+    from flows.batch import DEFAULT_PRESET
     from flows.ingestion import FORMATS, prompt_format
     from pixelwizard.prompts import parse_prompts
     from storage.sources import absolute_source, read_source
@@ -329,6 +331,25 @@ def submit(
         parse_prompts(read_source(file), file, FORMATS[prompt_format(file)])
     except _known_errors() as exc:
         fail(first_line(exc))
+    given = {"preset": preset, "model": model, "seed": seed, "workers": workers, "gpus": gpus,
+             "overrides": overrides or None}
+    parameters = {"source": absolute_source(file)}  # a path made absolute: the workers run in another folder
+    parameters |= {name: value for name, value in given.items() if value is not None}
+
+    def check(client) -> None:  # the overrides must suit the preset the run will use: the deployment's
+        if preset is None and overrides:
+            stored = client.read_deployment_by_name(deployment).parameters.get("preset", DEFAULT_PRESET)
+            _check_preset(str(stored), overrides, f"the deployment's preset {stored}: ")
+
+    run = _start_deployment(deployment, parameters, check)
+    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {parameters['source']}")
+
+
+def _start_deployment(deployment: str, parameters: dict[str, Any], check: Callable[[Any], None] | None = None):
+    """Start a run of the server's ``deployment`` (FLOW/DEPLOYMENT) with ``parameters`` and return it, once ``check``
+    (given a Prefect client) has passed; a bad name, no server or no such deployment is a one-line error."""
+    from flows.batch import prefect_api_configured
+
     flow_name, slash, deployment_name = deployment.partition("/")
     if not (flow_name and slash and deployment_name) or "/" in deployment_name:
         fail(f"--deployment must be FLOW/DEPLOYMENT (as 'prefect deployment ls' shows it), got {deployment!r}")
@@ -339,22 +360,16 @@ def submit(
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-    given = {"preset": preset, "model": model, "seed": seed, "workers": workers, "gpus": gpus,
-             "overrides": overrides or None}
-    parameters = {"source": absolute_source(file)}  # a path made absolute: the workers run in another folder
-    parameters |= {name: value for name, value in given.items() if value is not None}
     try:
-        if preset is None and overrides:  # the overrides must suit the preset the run will use: the deployment's
+        if check is not None:
             with get_client(sync_client=True) as client:
-                stored = client.read_deployment_by_name(deployment).parameters.get("preset", DEFAULT_PRESET)
-            _check_preset(str(stored), overrides, f"the deployment's preset {stored}: ")
-        run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
+                check(client)
+        return run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
     except ObjectNotFound:
         fail(f"no deployment {deployment} on {_api_url()}: deploy it first ('prefect deploy --all', see "
              "docs/deployment.md)", EXIT_FAILURE)
     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # no server there, or it refused
         fail(f"cannot start {deployment} on {_api_url()}: {first_line(exc)}", EXIT_FAILURE)
-    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {parameters['source']}")
 
 
 def _check_preset(preset: str, overrides: dict[str, Any], context: str = "") -> None:
@@ -432,6 +447,28 @@ def resume(
     _resume(batch_id, workers, model, device, out, as_json, requeue_stopped_jobs=True)
 
 
+@batch_app.command("resubmit")
+def resubmit(
+    batch_id: int,
+    workers: PoolWorkers = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="The batch's model bundle folder on the workers (default: the deployment's, else the embedded tiny "
+             "model).")] = None,
+    gpus: PoolGpus = None,
+    deployment: Annotated[str, typer.Option(help="The resume deployment.")] = "resume-batch/resume-batch",
+) -> None:
+    """Resume a batch on the Prefect server's resume deployment, its render workers on the GPU pool, and print the
+    flow run id (`batch resume` does the same in this process). The batch is looked up in this machine's run
+    database, which must be the workers' (a run sent to another database's batch of the same id fails at once)."""
+    _quiet_prefect()
+    created = _report(batch_id)["created_at"]  # an unknown batch is a one-line error
+    given = {"model": model, "workers": workers, "gpus": gpus}
+    parameters = {"batch_id": batch_id, "batch_created": created}
+    parameters |= {name: value for name, value in given.items() if value is not None}
+    run = _start_deployment(deployment, parameters)
+    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for batch {batch_id}")
+
+
 def _resume(batch_id: int, workers: int, model: str | None, device: str | None, out: Path | None, as_json: bool,
             *, requeue_stopped_jobs: bool, once_checked=None, export_job: int | None = None) -> None:
     """Check everything the run needs, call ``once_checked()`` if given (``jobs retry``: requeue its job), run, and
@@ -443,8 +480,8 @@ def _resume(batch_id: int, workers: int, model: str | None, device: str | None, 
     _check_here(out, device, lambda: check_batch_model(batch_id, model))
     if once_checked is not None:
         once_checked()
-    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_stopped_jobs=requeue_stopped_jobs),
-                       batch_hint=batch_id)
+    report = _run_flow(lambda: resume_batch(batch_id, workers, model, device, requeue_stopped_jobs=requeue_stopped_jobs,
+                                            render_on_pool=False), batch_hint=batch_id)
     _finish(report, as_json, out, export_job)
 
 

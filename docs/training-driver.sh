@@ -7,6 +7,12 @@ mkdir -p $W $O
 rm -f $W/returns
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 date +%s > $W/started
+python3 - > $W/versions.log 2>&1 <<'PY'  # what the run's stack was, for its record in docs/training.md
+import platform, torch, diffusers, transformers
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
+      f"Python {platform.python_version()}, {gpu}")
+PY
 train() {  # train NAME COMMAND ARGS...: one `pixelwizard train` command, its log, report and exit code
   name=$1; shift
   python3 -m cli.train "$@" --device $DEVICE --report $W/$name.json > $W/$name.log 2>&1

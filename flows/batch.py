@@ -135,6 +135,12 @@ class ForeignBatchError(LookupError):
 
 def _preload(batch_id: int, model: str | None, device: str | None, batch_created: str | None = None) -> None:
     """Load the model with the memory plan of the batch's preset, once the batch is known to be this database's."""
+    resources.pipeline(model, device, _own_batch_preset(batch_id, batch_created))
+
+
+def _own_batch_preset(batch_id: int, batch_created: str | None) -> str:
+    """The batch's preset, or ForeignBatchError where this run database does not hold the batch that was made at
+    ``batch_created`` (a run sent from a process with another ``PIXELWIZARD_DATABASE_URL``)."""
     from storage.database import safe_url
 
     try:
@@ -148,8 +154,7 @@ def _preload(batch_id: int, model: str | None, device: str | None, batch_created
                 f"batch {batch_id} {'is not in' if batch is None else 'sent here was made in another database than'} "
                 f"this worker's run database {safe_url(session.get_bind().url)}: give the worker the "
                 "PIXELWIZARD_DATABASE_URL (and PIXELWIZARD_STORE_URL) of the process that started the batch")
-        preset = batch.preset
-    resources.pipeline(model, device, preset)
+        return batch.preset
 
 
 render_worker_task = task(name="render-worker-in-process")(_render_loop)
@@ -236,6 +241,16 @@ def _fan_out_to_pool(batch_id: int, workers: int, gpus: int, model: str | None, 
         log.error("render worker runs did not complete: %s", ", ".join(bad))
 
 
+def _render_workers(batch_id: int, workers: int, gpus: int, model: str | None, device: str | None,
+                    render_on_pool: bool) -> None:
+    """Render the batch's anchored jobs: on the GPU pool where asked and the server has the render-worker deployment,
+    else in this process."""
+    if render_on_pool and render_deployment_exists():
+        _fan_out_to_pool(batch_id, workers, gpus, model, device)
+    else:
+        _render_here(batch_id, workers, model, device)
+
+
 @flow(name="nightly-batch")
 def nightly_batch(
     source: str,
@@ -259,10 +274,7 @@ def nightly_batch(
     started = utcnow()
     batch_id = ingest(source, preset, model, seed, name, overrides)
     anchor_counts = anchors(batch_id, model, device)
-    if render_on_pool and render_deployment_exists():
-        _fan_out_to_pool(batch_id, workers, gpus, model, device)
-    else:
-        _render_here(batch_id, workers, model, device)
+    _render_workers(batch_id, workers, gpus, model, device, render_on_pool)
     report = _summary(batch_id, anchor_counts)
     # The same prompts and settings, from this file or another, map to the batch made for them earlier (batches are
     # keyed by content, `flows.ingestion`): the report says so, since that batch's done videos are not rendered again.
@@ -290,13 +302,16 @@ def check_batch_model(batch_id: int, model: str | None) -> None:
 @flow(name="resume-batch")
 def resume_batch(
     batch_id: int, workers: int = 1, model: str | None = None, device: str | None = None,
-    requeue_stopped_jobs: bool = True,
+    requeue_stopped_jobs: bool = True, gpus: int = 1, render_on_pool: bool = True, batch_created: str | None = None,
 ) -> dict[str, Any]:
     """Requeue failed and cancelled (unless told not to) jobs, jobs whose lease expired or whose worker on this host is
-    gone, and done ones whose video is gone from the store; then run only the stages they are missing, here (the
-    render workers as threads of this process)."""
+    gone, and done ones whose video is gone from the store; then run only the stages they are missing. The render
+    workers are placed as nightly_batch places them (the CLI's ``batch resume`` renders here; ``batch resubmit``
+    runs the resume-batch deployment, whose render workers are render-worker runs on the GPU pool). ``batch_created``
+    guards against another database's batch of the same id, as for render_worker."""
     from storage.jobs import requeue_expired, requeue_lost_videos, requeue_stopped
 
+    _own_batch_preset(batch_id, batch_created)
     check_batch_model(batch_id, model)
     STOPPING.clear()  # an earlier run of this process that was stopped does not stop this one
     with resources.database().begin() as session:
@@ -305,7 +320,7 @@ def resume_batch(
         requeued += requeue_lost_videos(session, batch_id, _jobs_without_their_video(session, batch_id))
     log.info("batch %s: %d job(s) requeued", batch_id, requeued)
     anchor_counts = anchors(batch_id, model, device)
-    _render_here(batch_id, workers, model, device)
+    _render_workers(batch_id, workers, gpus, model, device, render_on_pool)
     return _summary(batch_id, anchor_counts)
 
 

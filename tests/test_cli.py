@@ -176,6 +176,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, incomple
         (["batch", "submit", "{file}"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "cannot start nightly-batch"),
         (["batch", "status", "9223372036854775808"], {}, "no batch 9223372036854775808"),
         (["batch", "cancel", "99999999999999999999"], {}, "no batch 99999999999999999999"),
+        (["batch", "resubmit", "9223372036854775808"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"},
+         "no batch 9223372036854775808"),
         (["jobs", "retry", "9223372036854775808"], {}, "no job 9223372036854775808"),
         (["batch", "run", "{file}", "--seed", "9223372036854775808"], {}, "--seed must be a non-negative integer"),
         (["batch", "status", "abc"], {}, "error: Invalid value for 'batch_id': Input should be a valid integer"),

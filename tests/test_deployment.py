@@ -1,6 +1,6 @@
 """The real deployment path, end to end: a Prefect server, work pools, `prefect deploy` of the
 project's own prefect.yaml, process workers on the `gpu` and `cpu` pools, and one nightly-batch
-run that fans out to render-worker deployment runs on the `gpu` pool.
+run that fans out to render-worker deployment runs on the `gpu` pool (then a resume-batch run that does too).
 
 Everything runs as separate processes on 127.0.0.1, isolated from the developer's Prefect
 profile (own PREFECT_HOME) and PixelWizard data (own PIXELWIZARD_HOME and SQLite database).
@@ -172,6 +172,17 @@ def final_state(services: Services, api: str, run_id: str) -> dict:
         time.sleep(1)
 
 
+def delete_flow_run(api: str, run_id: str) -> None:
+    """Delete a flow run, asking again while the server answers 503: its SQLite database is busy when the machine is
+    loaded (seen with two other processes on the 2 cores), and the delete is safe to repeat."""
+    for _ in range(10):
+        response = httpx.delete(f"{api}/flow_runs/{run_id}", timeout=30)
+        if response.status_code != 503:
+            break
+        time.sleep(1)
+    response.raise_for_status()
+
+
 def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool(tmp_path):
     model = str(write_bundle(build_tiny_pipeline(seed=3), tmp_path / "model" / "tiny"))
     prompts = tmp_path / "nightly.jsonl"
@@ -294,7 +305,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         bare_id = re.search(r"submitted flow run ([0-9a-f-]{36})", bare.stdout).group(1)
         assert httpx.get(f"{api}/flow_runs/{bare_id}", timeout=30).json()["parameters"] == {
             **stored, "source": str(prompts), "seed": 7}
-        httpx.delete(f"{api}/flow_runs/{bare_id}", timeout=30).raise_for_status()
+        delete_flow_run(api, bare_id)
         unfit = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--set", "num_frames=6"],
                                cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
         assert (unfit.returncode, unfit.stderr.strip()) == (2, "error: the deployment's preset 2k: frame count 6 is not "
@@ -328,6 +339,37 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         assert failed["state_type"] == "FAILED", failed["state"]
         assert (f"ForeignBatchError: batch {shared.id} sent here was made in another database than this worker's "
                 f"run database {database_url}") in failed["state"]["message"], failed["state"]
+
+        # `batch resubmit` resumes the shared batch on the pools: a video lost from the store is encoded again by a
+        # render-worker run on the gpu pool, started by a resume-batch run on the cpu pool; only the options given
+        # are sent (gpus stays the deployment's), with the batch's creation time from this machine's database.
+        resume = deployment(api, "resume-batch/resume-batch")
+        assert (resume["work_pool_name"], resume["entrypoint"]) == ("cpu", "flows/batch.py:resume_batch")
+        with open_database(database_url, migrate=False)() as session:
+            lost = session.scalars(select(Artifact).where(Artifact.kind == ArtifactKind.video)).first()
+        lost_path = Path(lost.uri.removeprefix("file://"))
+        lost_path.unlink()
+        resubmit = subprocess.run(
+            [sys.executable, "-m", "cli", "batch", "resubmit", str(shared.id), "--workers", "1", "--model", model],
+            cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        assert resubmit.returncode == 0, resubmit.stderr
+        assert resubmit.stdout.rstrip().endswith(f"of resume-batch/resume-batch for batch {shared.id}"), resubmit.stdout
+        resume_id = re.search(r"submitted flow run ([0-9a-f-]{36})", resubmit.stdout).group(1)
+        resumed = final_state(services, api, resume_id)
+        assert resumed["state_type"] == "COMPLETED", resumed["state"]
+        assert resumed["work_pool_name"] == "cpu"
+        assert resumed["parameters"] == {"batch_id": shared.id, "batch_created": shared.created_at.isoformat(),
+                                         "workers": 1, "gpus": 8, "model": model}
+        [resume_render] = [r for r in flow_runs(api, deployment_id={"any_": [render["id"]]})
+                           if r["parent_task_run_id"] and httpx.get(
+                               f"{api}/task_runs/{r['parent_task_run_id']}", timeout=30).json()["flow_run_id"]
+                           == resume_id]
+        assert (resume_render["state_type"], resume_render["work_pool_name"]) == ("COMPLETED", "gpu")
+        assert resume_render["parameters"]["batch_created"] == shared.created_at.isoformat()
+        assert read_video(lost_path).shape == (SMALL["num_frames"], SMALL["detail_height"], SMALL["detail_width"], 3)
+        unknown = subprocess.run([sys.executable, "-m", "cli", "batch", "resubmit", "999"], cwd=REPO, env=client_env,
+                                 capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        assert (unknown.returncode, unknown.stderr.strip()) == (2, "error: no batch 999"), unknown.stderr
 
         # The cron schedule is live: the server's scheduler has queued nightly runs at 01:00 Berlin time.
         berlin = ZoneInfo("Europe/Berlin")

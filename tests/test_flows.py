@@ -696,6 +696,21 @@ def test_a_render_worker_given_another_databases_batch_stops_on_one_line_before_
     for own in (created.isoformat(), created.isoformat().replace("+00:00", "Z")):  # the same time, written either way
         assert render_worker(report["batch_id"], model, batch_created=own) == 0  # its own batch: nothing left to do
 
+    # A resume-batch run (`batch resubmit`) is guarded the same way, before it requeues anything: here a done job whose
+    # video was lost from the store.
+    with resources.database()() as session:
+        video = session.scalars(select(Artifact).where(Artifact.kind == ArtifactKind.video)).one()
+    lost = Path(video.uri.removeprefix("file://"))
+    lost.unlink()
+    with pytest.raises(ForeignBatchError, match=rf"^batch {report['batch_id']} sent here was made in another database"):
+        resume_batch(report["batch_id"], model=model, batch_created=another)
+    with resources.database()() as session:
+        assert session.get(Job, video.job_id).status == JobStatus.done  # not requeued
+    assert not lost.exists()
+    resumed = resume_batch(report["batch_id"], model=model, batch_created=created.isoformat(), render_on_pool=False)
+    assert read_video(lost).shape[0] == SMALL["num_frames"]
+    assert (resumed["status"], resumed["counts"]["done"]) == ("done", 1)
+
 
 def test_the_prompt_file_type_comes_from_the_whole_name(model, tmp_path):
     """A '?' is part of a name (S3 keys and paths may hold one), not the start of a query."""
