@@ -29,6 +29,8 @@ Model = Annotated[Optional[str], typer.Option(help="Model bundle folder (default
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Out = Annotated[Optional[Path], typer.Option(help="Also copy finished videos to OUT/<prompt id>.mp4.")]
 PoolWorkers = Annotated[Optional[int], typer.Option(min=1, help="Render workers (default: the deployment's).")]
+PoolModel = Annotated[Optional[str], typer.Option(
+    help="Model bundle folder on the workers (default: the deployment's, else the embedded tiny model).")]
 PoolGpus = Annotated[Optional[int], typer.Option(
     min=1, help="GPU slots per host; worker i gets GPU i mod GPUS (default: the deployment's).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -305,8 +307,7 @@ def submit(
     file: Annotated[str, typer.Argument(help="Prompt file URI the workers can read (s3://... or a shared path).")],
     preset: Annotated[Optional[str], typer.Option(help="tiny, 2k or 4k (default: the deployment's).")] = None,
     workers: PoolWorkers = None,
-    model: Annotated[Optional[str], typer.Option(
-        help="Model bundle folder on the workers (default: the deployment's, else the embedded tiny model).")] = None,
+    model: PoolModel = None,
     seed: Annotated[Optional[int], typer.Option(help="Base seed for prompts without their own (default: the "
                                                      "deployment's, else 0).")] = None,
     gpus: PoolGpus = None,
@@ -331,23 +332,23 @@ def submit(
         parse_prompts(read_source(file), file, FORMATS[prompt_format(file)])
     except _known_errors() as exc:
         fail(first_line(exc))
-    given = {"preset": preset, "model": model, "seed": seed, "workers": workers, "gpus": gpus,
-             "overrides": overrides or None}
-    parameters = {"source": absolute_source(file)}  # a path made absolute: the workers run in another folder
-    parameters |= {name: value for name, value in given.items() if value is not None}
+    source = absolute_source(file)  # a path made absolute: the workers run in another folder
 
     def check(client) -> None:  # the overrides must suit the preset the run will use: the deployment's
         if preset is None and overrides:
             stored = client.read_deployment_by_name(deployment).parameters.get("preset", DEFAULT_PRESET)
             _check_preset(str(stored), overrides, f"the deployment's preset {stored}: ")
 
-    run = _start_deployment(deployment, parameters, check)
-    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {parameters['source']}")
+    given = {"preset": preset, "model": model, "seed": seed, "workers": workers, "gpus": gpus,
+             "overrides": overrides or None}
+    _start_deployment(deployment, {"source": source}, given, source, check)
 
 
-def _start_deployment(deployment: str, parameters: dict[str, Any], check: Callable[[Any], None] | None = None):
-    """Start a run of the server's ``deployment`` (FLOW/DEPLOYMENT) with ``parameters`` and return it, once ``check``
-    (given a Prefect client) has passed; a bad name, no server or no such deployment is a one-line error."""
+def _start_deployment(deployment: str, parameters: dict[str, Any], given: dict[str, Any], what: str,
+                      check: Callable[[Any], None] | None = None) -> None:
+    """Start a run of the server's ``deployment`` (FLOW/DEPLOYMENT) with ``parameters`` and the options ``given``
+    (those that are not None; the deployment's own values stand for the rest), once ``check`` (given a Prefect
+    client) has passed, and print its id. A bad name, no server or no such deployment is a one-line error."""
     from flows.batch import prefect_api_configured
 
     flow_name, slash, deployment_name = deployment.partition("/")
@@ -364,12 +365,14 @@ def _start_deployment(deployment: str, parameters: dict[str, Any], check: Callab
         if check is not None:
             with get_client(sync_client=True) as client:
                 check(client)
-        return run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
+        parameters = {**parameters, **{name: value for name, value in given.items() if value is not None}}
+        run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
     except ObjectNotFound:
         fail(f"no deployment {deployment} on {_api_url()}: deploy it first ('prefect deploy --all', see "
              "docs/deployment.md)", EXIT_FAILURE)
     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # no server there, or it refused
         fail(f"cannot start {deployment} on {_api_url()}: {first_line(exc)}", EXIT_FAILURE)
+    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for {what}")
 
 
 def _check_preset(preset: str, overrides: dict[str, Any], context: str = "") -> None:
@@ -451,9 +454,7 @@ def resume(
 def resubmit(
     batch_id: int,
     workers: PoolWorkers = None,
-    model: Annotated[Optional[str], typer.Option(
-        help="The batch's model bundle folder on the workers (default: the deployment's, else the embedded tiny "
-             "model).")] = None,
+    model: PoolModel = None,
     gpus: PoolGpus = None,
     deployment: Annotated[str, typer.Option(help="The resume deployment.")] = "resume-batch/resume-batch",
 ) -> None:
@@ -461,12 +462,19 @@ def resubmit(
     flow run id (`batch resume` does the same in this process). The batch is looked up in this machine's run
     database, which must be the workers' (a run sent to another database's batch of the same id fails at once)."""
     _quiet_prefect()
+    from flows.batch import BatchModelError, check_batch_model
+
     created = _report(batch_id)["created_at"]  # an unknown batch is a one-line error
-    given = {"model": model, "workers": workers, "gpus": gpus}
-    parameters = {"batch_id": batch_id, "batch_created": created}
-    parameters |= {name: value for name, value in given.items() if value is not None}
-    run = _start_deployment(deployment, parameters)
-    typer.echo(f"submitted flow run {run.id} ({run.name}) of {deployment} for batch {batch_id}")
+
+    def check(client) -> None:  # with no model given or stored, the run would take the embedded one: it must fit
+        if model is None and client.read_deployment_by_name(deployment).parameters.get("model") is None:
+            try:
+                check_batch_model(batch_id, None)
+            except BatchModelError as exc:
+                fail(f"the deployment has no model: {exc}")
+
+    _start_deployment(deployment, {"batch_id": batch_id, "batch_created": created},
+                      {"model": model, "workers": workers, "gpus": gpus}, f"batch {batch_id}", check)
 
 
 def _resume(batch_id: int, workers: int, model: str | None, device: str | None, out: Path | None, as_json: bool,

@@ -129,8 +129,8 @@ def render_worker(batch_id: int, model: str | None = None, device: str | None = 
 
 
 class ForeignBatchError(LookupError):
-    """A render worker was sent a batch that its run database does not hold: it was configured with another
-    ``PIXELWIZARD_DATABASE_URL`` than the process that made the batch."""
+    """A render-worker or resume-batch run was sent a batch that its worker's run database does not hold: the worker
+    was configured with another ``PIXELWIZARD_DATABASE_URL`` than the process that made the batch."""
 
 
 def _preload(batch_id: int, model: str | None, device: str | None, batch_created: str | None = None) -> None:
@@ -311,7 +311,7 @@ def resume_batch(
     guards against another database's batch of the same id, as for render_worker."""
     from storage.jobs import requeue_expired, requeue_lost_videos, requeue_stopped
 
-    _own_batch_preset(batch_id, batch_created)
+    _own_batch_preset(batch_id, batch_created)  # called for its check: nothing is requeued in another database
     check_batch_model(batch_id, model)
     STOPPING.clear()  # an earlier run of this process that was stopped does not stop this one
     with resources.database().begin() as session:

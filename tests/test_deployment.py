@@ -19,6 +19,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -141,16 +142,25 @@ def wait_for_health(services: Services, api: str) -> None:
         time.sleep(0.5)
 
 
-def flow_runs(api: str, **flow_run_filter) -> list[dict]:
-    response = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": flow_run_filter, "limit": 200}, timeout=30)
+def call(method: str, url: str, **kwargs) -> Any:
+    """One request to the server's API and its JSON answer (None if empty), asked again while the server answers 503:
+    it does so for errors a client may retry, such as its SQLite database being busy on a loaded machine (seen on a
+    PATCH and a DELETE with two other processes on the 2 cores)."""
+    for _ in range(10):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 503:
+            break
+        time.sleep(1)
     response.raise_for_status()
-    return response.json()
+    return response.json() if response.content else None
+
+
+def flow_runs(api: str, **flow_run_filter) -> list[dict]:
+    return call("POST", f"{api}/flow_runs/filter", json={"flow_runs": flow_run_filter, "limit": 200})
 
 
 def deployment(api: str, name: str) -> dict:
-    response = httpx.get(f"{api}/deployments/name/{name}", timeout=30)
-    response.raise_for_status()
-    return response.json()
+    return call("GET", f"{api}/deployments/name/{name}")
 
 
 def final_state(services: Services, api: str, run_id: str) -> dict:
@@ -158,7 +168,7 @@ def final_state(services: Services, api: str, run_id: str) -> dict:
     deadline, state = time.monotonic() + RUN_TIMEOUT_S, "not yet read"
     while True:
         try:
-            run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+            run = call("GET", f"{api}/flow_runs/{run_id}")
         except httpx.TransportError as error:
             # On a loaded 2-core machine the server, the workers and two render processes share the
             # cores, and one poll can time out (seen in CI); the run's own deadline decides.
@@ -172,15 +182,10 @@ def final_state(services: Services, api: str, run_id: str) -> dict:
         time.sleep(1)
 
 
-def delete_flow_run(api: str, run_id: str) -> None:
-    """Delete a flow run, asking again while the server answers 503: its SQLite database is busy when the machine is
-    loaded (seen with two other processes on the 2 cores), and the delete is safe to repeat."""
-    for _ in range(10):
-        response = httpx.delete(f"{api}/flow_runs/{run_id}", timeout=30)
-        if response.status_code != 503:
-            break
-        time.sleep(1)
-    response.raise_for_status()
+def cli(env: dict[str, str], *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``pixelwizard ARGS`` as a process of its own, with ``env``, and return what it printed."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT_S)
 
 
 def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool(tmp_path):
@@ -236,7 +241,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         for spec in (nightly, render):
             assert spec["pull_steps"] == [
                 {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
-        pool = httpx.get(f"{api}/work_pools/gpu", timeout=30).json()
+        pool = call("GET", f"{api}/work_pools/gpu")
         assert (pool["type"], pool["concurrency_limit"]) == ("process", GPUS)
 
         services.start("worker-gpu", "worker", "start", "--pool", "gpu", "--name", "gpu-test")
@@ -264,7 +269,7 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
             assert render_run["state_type"] == "COMPLETED", render_run["state"]
             assert render_run["work_pool_name"] == "gpu"
             assert f"submitting flow run '{render_run['id']}'" in services.log("worker-gpu")
-            parent = httpx.get(f"{api}/task_runs/{render_run['parent_task_run_id']}", timeout=30).json()
+            parent = call("GET", f"{api}/task_runs/{render_run['parent_task_run_id']}")
             assert parent["flow_run_id"] == run_id
             assert render_run["parameters"]["model"] == model
             batch_ids.add(render_run["parameters"]["batch_id"])
@@ -274,20 +279,16 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         # `pixelwizard batch submit` sends only what it is given: GPU slots stay the deployment's (prefect.yaml: 8).
         # A path relative to where it runs is sent absolute (the worker, in the checkout, had found no such file).
         sets = [arg for field, value in SMALL.items() for arg in ("--set", f"{field}={value}")]
-        submit = subprocess.run(
-            [sys.executable, "-m", "cli", "batch", "submit", prompts.name, "--preset", "tiny", "--workers", "1",
-             "--model", model, *sets], cwd=prompts.parent, env=client_env, capture_output=True, text=True,
-            timeout=CLI_TIMEOUT_S)
+        submit = cli(client_env, "batch", "submit", prompts.name, "--preset", "tiny", "--workers", "1",
+                     "--model", model, *sets, cwd=prompts.parent)
         assert submit.returncode == 0, submit.stderr
         submitted_id = re.search(r"submitted flow run ([0-9a-f-]{36})", submit.stdout).group(1)
         assert submit.stdout.rstrip().endswith(f"of nightly-batch/nightly-batch for {prompts}"), submit.stdout
-        missing = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--deployment",
-                                  "nightly-batch/nope"], cwd=REPO, env=client_env, capture_output=True, text=True,
-                                 timeout=CLI_TIMEOUT_S)
+        missing = cli(client_env, "batch", "submit", str(prompts), "--deployment", "nightly-batch/nope")
         assert missing.returncode == 1 and missing.stderr.strip() == (
             f"error: no deployment nightly-batch/nope on {api}: deploy it first ('prefect deploy --all', see "
             "docs/deployment.md)"), missing.stderr
-        again = httpx.get(f"{api}/flow_runs/{submitted_id}", timeout=30).json()
+        again = call("GET", f"{api}/flow_runs/{submitted_id}")
         assert (again["parameters"]["workers"], again["parameters"]["gpus"]) == (1, 8)
         assert again["parameters"]["source"] == str(prompts)
         again = final_state(services, api, submitted_id)  # the same batch: no work
@@ -298,35 +299,36 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
         # so that the run is only read, then deleted.
         services.prefect("work-pool", "pause", "cpu")
         stored = {**nightly["parameters"], "model": model}
-        httpx.patch(f"{api}/deployments/{nightly['id']}", json={"parameters": stored}, timeout=30).raise_for_status()
-        bare = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--seed", "7"], cwd=REPO,
-                              env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        call("PATCH", f"{api}/deployments/{nightly['id']}", json={"parameters": stored})
+        bare = cli(client_env, "batch", "submit", str(prompts), "--seed", "7")
         assert bare.returncode == 0, bare.stderr
         bare_id = re.search(r"submitted flow run ([0-9a-f-]{36})", bare.stdout).group(1)
-        assert httpx.get(f"{api}/flow_runs/{bare_id}", timeout=30).json()["parameters"] == {
+        assert call("GET", f"{api}/flow_runs/{bare_id}")["parameters"] == {
             **stored, "source": str(prompts), "seed": 7}
-        delete_flow_run(api, bare_id)
-        unfit = subprocess.run([sys.executable, "-m", "cli", "batch", "submit", str(prompts), "--set", "num_frames=6"],
-                               cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        call("DELETE", f"{api}/flow_runs/{bare_id}")
+        unfit = cli(client_env, "batch", "submit", str(prompts), "--set", "num_frames=6")
         assert (unfit.returncode, unfit.stderr.strip()) == (2, "error: the deployment's preset 2k: frame count 6 is not "
                                                                "of the form 4k+1 (e.g. 17, 121)"), unfit.stderr
-        httpx.patch(f"{api}/deployments/{nightly['id']}", json={"parameters": nightly["parameters"]},
-                    timeout=30).raise_for_status()
+        call("PATCH", f"{api}/deployments/{nightly['id']}", json={"parameters": nightly["parameters"]})
         services.prefect("work-pool", "resume", "cpu")
 
-        # `batch run` renders where it runs, also with a server that has the render-worker deployment: here with a
+        # `batch run` and `batch resume` render where they run, also with a server that has the render-worker deployment: here with a
         # SQLite database of its own, which the gpu pool's worker does not share (its render runs had taken the work
         # and failed, or rendered the shared database's batch of the same id).
         render_runs = len(flow_runs(api, deployment_id={"any_": [render["id"]]}))
         local = tmp_path / "local"
-        here = subprocess.run(
-            [sys.executable, "-m", "cli", "batch", "run", str(prompts), "--model", model, "--out", str(local / "out"),
-             "--json", *sets], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
-            env={**client_env, "PIXELWIZARD_HOME": str(local), "PIXELWIZARD_DATABASE_URL": f"sqlite:///{local}/pw.db"})
+        local_env = {**client_env, "PIXELWIZARD_HOME": str(local),
+                     "PIXELWIZARD_DATABASE_URL": f"sqlite:///{local}/pw.db"}
+        here = cli(local_env, "batch", "run", str(prompts), "--model", model, "--out", str(local / "out"), "--json",
+                   *sets)
         assert here.returncode == 0, here.stdout[-2000:] + here.stderr[-2000:]
-        assert json.loads(here.stdout[here.stdout.index("{"):])["status"] == "done"
+        local_report = json.loads(here.stdout[here.stdout.index("{"):])
+        assert local_report["status"] == "done"
         assert sorted(p.name for p in (local / "out").iterdir()) == sorted(f"{p['id']}.mp4" for p in PROMPTS)
-        assert len(flow_runs(api, deployment_id={"any_": [render["id"]]})) == render_runs
+        again_here = cli(local_env, "batch", "resume", str(local_report["batch_id"]), "--model", model,
+                         "--out", str(local / "out"))
+        assert again_here.returncode == 0, again_here.stdout[-2000:] + again_here.stderr[-2000:]
+        assert len(flow_runs(api, deployment_id={"any_": [render["id"]]})) == render_runs  # neither ran on the pool
 
         # A render-worker run sent a batch its worker's database did not make fails on one line, before the model
         # loads; the nightly run sends the batch's creation time with its id.
@@ -342,34 +344,52 @@ def test_nightly_batch_deployment_fans_out_to_render_worker_runs_on_the_gpu_pool
 
         # `batch resubmit` resumes the shared batch on the pools: a video lost from the store is encoded again by a
         # render-worker run on the gpu pool, started by a resume-batch run on the cpu pool; only the options given
-        # are sent (gpus stays the deployment's), with the batch's creation time from this machine's database.
+        # are sent (gpus stays the deployment's), with the batch's creation time from this machine's database. The gpu
+        # pool is paused until the resume run has requeued the job and started its render run.
         resume = deployment(api, "resume-batch/resume-batch")
         assert (resume["work_pool_name"], resume["entrypoint"]) == ("cpu", "flows/batch.py:resume_batch")
         with open_database(database_url, migrate=False)() as session:
             lost = session.scalars(select(Artifact).where(Artifact.kind == ArtifactKind.video)).first()
         lost_path = Path(lost.uri.removeprefix("file://"))
         lost_path.unlink()
-        resubmit = subprocess.run(
-            [sys.executable, "-m", "cli", "batch", "resubmit", str(shared.id), "--workers", "1", "--model", model],
-            cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        services.prefect("work-pool", "pause", "gpu")
+        resubmit = cli(client_env, "batch", "resubmit", str(shared.id), "--workers", "1", "--model", model)
         assert resubmit.returncode == 0, resubmit.stderr
         assert resubmit.stdout.rstrip().endswith(f"of resume-batch/resume-batch for batch {shared.id}"), resubmit.stdout
         resume_id = re.search(r"submitted flow run ([0-9a-f-]{36})", resubmit.stdout).group(1)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (children := [r for r in flow_runs(api, deployment_id={"any_": [render["id"]]})
+                                if r["parent_task_run_id"] and call(
+                                    "GET", f"{api}/task_runs/{r['parent_task_run_id']}")["flow_run_id"] == resume_id]):
+            services.check_alive()
+            assert time.monotonic() < deadline, f"resume run {resume_id} started no render run in {RUN_TIMEOUT_S} s"
+            time.sleep(1)
+
+        # Meanwhile: without --model, and none in the deployment, a run would take the embedded model, which did not
+        # make the requeued job: refused here, before a run is created. An unknown batch or deployment: one line.
+        resumes = len(flow_runs(api, deployment_id={"any_": [resume["id"]]}))
+        no_model = cli(client_env, "batch", "resubmit", str(shared.id))
+        assert no_model.returncode == 2 and no_model.stderr.strip().startswith(
+            f"error: the deployment has no model: batch {shared.id} was submitted for model revision "), no_model.stderr
+        assert no_model.stderr.strip().endswith("pass --model with the batch's model"), no_model.stderr
+        assert len(flow_runs(api, deployment_id={"any_": [resume["id"]]})) == resumes
+        unknown = cli(client_env, "batch", "resubmit", "999")
+        assert (unknown.returncode, unknown.stderr.strip()) == (2, "error: no batch 999"), unknown.stderr
+        nope = cli(client_env, "batch", "resubmit", str(shared.id), "--deployment", "resume-batch/nope")
+        assert (nope.returncode, nope.stderr.strip()) == (
+            1, f"error: no deployment resume-batch/nope on {api}: deploy it first ('prefect deploy --all', see "
+               "docs/deployment.md)"), nope.stderr
+
+        services.prefect("work-pool", "resume", "gpu")
         resumed = final_state(services, api, resume_id)
         assert resumed["state_type"] == "COMPLETED", resumed["state"]
         assert resumed["work_pool_name"] == "cpu"
         assert resumed["parameters"] == {"batch_id": shared.id, "batch_created": shared.created_at.isoformat(),
                                          "workers": 1, "gpus": 8, "model": model}
-        [resume_render] = [r for r in flow_runs(api, deployment_id={"any_": [render["id"]]})
-                           if r["parent_task_run_id"] and httpx.get(
-                               f"{api}/task_runs/{r['parent_task_run_id']}", timeout=30).json()["flow_run_id"]
-                           == resume_id]
+        [resume_render] = [call("GET", f"{api}/flow_runs/{child['id']}") for child in children]
         assert (resume_render["state_type"], resume_render["work_pool_name"]) == ("COMPLETED", "gpu")
         assert resume_render["parameters"]["batch_created"] == shared.created_at.isoformat()
         assert read_video(lost_path).shape == (SMALL["num_frames"], SMALL["detail_height"], SMALL["detail_width"], 3)
-        unknown = subprocess.run([sys.executable, "-m", "cli", "batch", "resubmit", "999"], cwd=REPO, env=client_env,
-                                 capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
-        assert (unknown.returncode, unknown.stderr.strip()) == (2, "error: no batch 999"), unknown.stderr
 
         # The cron schedule is live: the server's scheduler has queued nightly runs at 01:00 Berlin time.
         berlin = ZoneInfo("Europe/Berlin")
