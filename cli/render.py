@@ -74,8 +74,8 @@ def render(
             specs = [PromptSpec(id=prompt_id_for_text(prompt.strip()), prompt=prompt.strip())]
         else:
             specs = load_prompts(prompts)
+        bundle = check_bundle(model) if model is not None else None  # what the user names first, then the machine
         target = resolve_device(device)
-        bundle = check_bundle(model) if model is not None else None
         plan = _plan(preset, target, offload, attention_backend, compile_blocks)
     except (PresetError, PromptFileError, DeviceError, ModelFolderError) as exc:
         fail(str(exc))

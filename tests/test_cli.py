@@ -133,6 +133,7 @@ BAD = {
     "width not /32": (["x", "--width", "100"], "multiple of 32"),
     "frames not 4k+1": (["x", "--frames", "16"], "4k+1"),
     "missing model": (["x", "--model", "/nonexistent/model"], "does not exist"),
+    "missing model, with a device": (["x", "--device", "cuda:0", "--model", "/nonexistent/model"], "does not exist"),
     "incomplete model": (["x", "--model", "{incomplete}"], "no component"),
     "empty prompt": (["   "], "empty"),
     "bad device": (["x", "--device", "tpu:9"], "device"),
