@@ -258,6 +258,11 @@ def run(
     from flows import resources
 
     warn_unread_words_of_bundle(resources.model_path(model), specs)
+    from cli.device_warnings import warn_if_slow_on_cpu
+    from pixelwizard.devices import resolve_device
+    from pixelwizard.presets import get_preset
+
+    warn_if_slow_on_cpu(get_preset(preset).with_overrides(**overrides), resolve_device(device))  # both checked above
     report = _run_flow(lambda: nightly_batch(file, preset, workers, model, seed, device, overrides=overrides,
                                              render_on_pool=False))
     _finish(report, as_json, out)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
+from cli.device_warnings import warn_if_slow_on_cpu
 from cli.errors import EXIT_FAILURE, check_out_folder, check_seed, fail, first_line
 from cli.prompt_warnings import warn_unread_words
 from cli.progress import StageProgress, quiet_libraries
@@ -79,6 +80,7 @@ def render(
         plan = _plan(preset, target, offload, attention_backend, compile_blocks)
     except (PresetError, PromptFileError, DeviceError, ModelFolderError) as exc:
         fail(str(exc))
+    warn_if_slow_on_cpu(chosen, target)
 
     todo = [s for s in specs if overwrite or not (out / f"{s.id}.mp4").exists()]
     for spec in specs:

@@ -89,6 +89,43 @@ def test_a_render_stopped_before_its_first_video_leaves_no_out_folder(env, tmp_p
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("command", [["render", "a red circle moves right"], ["batch", "run", "{file}"]])
+def test_a_2k_render_on_the_cpu_is_warned_about_before_it_starts(env, tmp_path, command):
+    """The 2k preset on a CPU takes hours a video; without a GPU the command had started with no word. The warning
+    comes first (then the command is stopped: it would render for hours)."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moves right\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *[a.format(file=prompts) for a in command], "--preset", "2k", "--device", "cpu",
+         "--out", str(tmp_path / "out")], env={**env, "PIXELWIZARD_HOME": str(tmp_path / "home")}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline().strip()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert first == ("warning: preset 2k on the CPU: 199 times the tiny preset's detail tokens (39715 times its "
+                     "attention work), hours a video; use a GPU (--device cuda) or --preset tiny"), first + stderr
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-1500:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_slow_preset_warning_is_only_for_large_work_on_the_cpu(capsys):
+    from cli.device_warnings import detail_tokens_over_tiny, warn_if_slow_on_cpu
+    from pixelwizard.presets import get_preset
+
+    tiny, big = get_preset("tiny"), get_preset("4k")
+    assert detail_tokens_over_tiny(tiny) == 1.0
+    # 121 frames are 31 latent frames against 5; 3840x2144 pixels against 448x256.
+    assert detail_tokens_over_tiny(big) == pytest.approx(31 / 5 * 3840 * 2144 / (448 * 256))
+    warn_if_slow_on_cpu(tiny, "cpu")
+    warn_if_slow_on_cpu(big, "cuda")
+    assert capsys.readouterr().err == ""
+    warn_if_slow_on_cpu(big, "cpu")
+    assert capsys.readouterr().err.startswith("warning: preset 4k on the CPU: 445 times")
+
+
 def test_single_prompt_render(env, tmp_path):
     from pixelwizard.prompts import prompt_id_for_text
 
