@@ -404,17 +404,25 @@ def status(batch_id: int, as_json: AsJson = False) -> None:
 
 
 def _report(batch_id: int) -> dict[str, Any]:
-    from flows import resources
     from flows.summary import batch_report
+
+    return _read_batch(batch_id, lambda session, batch: batch_report(session, batch.id))
+
+
+def _read_batch(batch_id: int, read: Callable[[Any, Any], T]) -> T:
+    """``read(session, batch)`` of the batch ``batch_id`` in the run database; an unknown batch or a database that
+    cannot be read is a one-line error."""
+    from flows import resources
     from storage.models import Batch
 
     if not 0 <= batch_id < ROW_ID_LIMIT:
         fail(f"no batch {batch_id}")
     try:
         with resources.database().begin() as session:
-            if session.get(Batch, batch_id) is None:
+            batch = session.get(Batch, batch_id)
+            if batch is None:
                 fail(f"no batch {batch_id}")
-            return batch_report(session, batch_id)
+            return read(session, batch)
     except _known_errors() as exc:
         fail(str(exc))
 
@@ -469,7 +477,7 @@ def resubmit(
     _quiet_prefect()
     from flows.batch import BatchModelError, check_batch_model
 
-    created = _report(batch_id)["created_at"]  # an unknown batch is a one-line error
+    created = _read_batch(batch_id, lambda _, batch: batch.created_at.isoformat())
 
     def check(client) -> None:  # with no model given or stored, the run would take the embedded one: it must fit
         if model is None and client.read_deployment_by_name(deployment).parameters.get("model") is None:
@@ -489,7 +497,7 @@ def _resume(batch_id: int, workers: int, model: str | None, device: str | None, 
     _quiet_prefect()
     from flows.batch import check_batch_model, resume_batch
 
-    _report(batch_id)  # fails early on an unknown batch
+    _read_batch(batch_id, lambda *_: None)  # fails early on an unknown batch
     _check_here(out, device, lambda: check_batch_model(batch_id, model))
     if once_checked is not None:
         once_checked()
@@ -503,7 +511,7 @@ def cancel(batch_id: int) -> None:
     """Cancel every unfinished job of a batch; workers stop them within a heartbeat. `batch resume` takes them up again."""
     from storage.jobs import cancel_jobs
 
-    _report(batch_id)  # an unknown batch is a one-line error
+    _read_batch(batch_id, lambda *_: None)  # an unknown batch is a one-line error
     _cancel(lambda session: cancel_jobs(session, batch_id), f"batch {batch_id}")
 
 
