@@ -7,6 +7,7 @@ import torch
 
 from pixelwizard.decoding import to_uint8_frames
 from pixelwizard.metrics.attributes import analyse
+from pixelwizard.metrics.detail_distribution import FEATURES, detail_features, frechet_distance, hd_fd
 from pixelwizard.metrics.fidelity import SSIM_K, hd_mse, psnr, ssim, temporal_flicker
 from pixelwizard.training.render import render_scene
 from pixelwizard.training.scenes import scene_for
@@ -68,3 +69,47 @@ def test_an_empty_clip_has_no_attributes():
     frames = torch.tensor(COLOURS["blue"], dtype=torch.uint8).view(1, 1, 1, 3).expand(9, 32, 56, 3).contiguous()
     got = analyse(frames, "blue")
     assert (got.colour, got.shape, got.motion) == (None, None, None)
+
+
+def test_frechet_distance_follows_its_closed_forms():
+    a = torch.randn(4000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift.pow(2).sum()))  # same covariance: |mean shift|^2
+    # b = 2a: S_b = 4 S_a, so tr S_a + tr S_b - 2 tr (S_a S_b)^1/2 = tr S_a; plus the squared means' difference.
+    expected = float(torch.cov(a.T).trace() + a.mean(0).pow(2).sum())
+    assert frechet_distance(a, 2 * a) == pytest.approx(expected)
+    assert frechet_distance(2 * a, a) == pytest.approx(expected)
+
+
+def grain(seed: int, frames: int = 3, h: int = 64, w: int = 96) -> torch.Tensor:
+    """Grey clips with independent Gaussian grain (sd 30 of 255): one draw per seed of the same random texture."""
+    noise = torch.randn(frames, h, w, 1, generator=torch.Generator().manual_seed(seed)) * 30
+    return (128 + noise).expand(frames, h, w, 3).round().clamp(0, 255).to(torch.uint8)
+
+
+def blurred(clip: torch.Tensor) -> torch.Tensor:
+    v = clip.permute(0, 3, 1, 2).float()
+    v = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(v, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return v.round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def test_hd_fd_ranks_a_fresh_draw_of_random_detail_above_its_blurred_mean():
+    """The case HD-FD exists for: against one draw of random grain, PSNR prefers the blur to another correct draw."""
+    truth = [grain(seed) for seed in range(4)]
+    draws = [grain(seed) for seed in range(10, 14)]
+    blurs = [blurred(clip) for clip in draws]
+    assert hd_fd(truth, truth) == pytest.approx(0.0, abs=1e-6)
+    # A 3x3 mean leaves a ninth of the grain: MSE (1 + 1/9) sd^2 against 2 sd^2 for a fresh draw, about 2.5 dB better.
+    assert sum(map(psnr, blurs, truth)) > sum(map(psnr, draws, truth)) + 4 * 2
+    assert hd_fd(draws, truth) < 0.05 * hd_fd(blurs, truth)
+    louder = [(128 + 2 * (clip.float() - 128)).clamp(0, 255).to(torch.uint8) for clip in draws]  # too much detail
+    assert hd_fd(louder, truth) > 20 * hd_fd(draws, truth)
+
+
+def test_detail_features_are_one_row_per_patch_of_each_later_frame():
+    features = detail_features(grain(0, frames=4, h=64, w=80))  # 80 px: a partial third column of 32-px patches
+    assert features.shape == (3 * 2 * 3, FEATURES)
+    assert torch.isfinite(detail_features(constant(90))).all()  # flat patches sit at the energy floor, not at -inf
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        detail_features(constant(90, frames=1))

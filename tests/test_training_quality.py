@@ -26,7 +26,10 @@ def test_detail_only_table_on_the_random_cells_world(tmp_path):
     assert math.isinf(rows[("ground truth", "-")]["PSNR"]) and rows[("ground truth", "-")]["SSIM"] == 1
     two = rows[("shortcut (--model)", 2)]
     assert 10 < two["PSNR"] < 60 and two["HD-MSE"] > 0
-    assert f"| shortcut (--model) | 2 | {two['PSNR']:.2f} | {two['SSIM']:.4f} |" in report  # the table shows the JSON
+    # HD-FD: the truth's own detail distribution is at distance 0, a render's is not
+    assert rows[("ground truth", "-")]["HD-FD"] == pytest.approx(0, abs=1e-6) and two["HD-FD"] > 0.01
+    assert (f"| shortcut (--model) | 2 | {two['PSNR']:.2f} | {two['SSIM']:.4f} | {two['HD-MSE']:.3g} | {two['HD-FD']:.3g} |"
+            in report)  # the table shows the JSON
     assert "random background cells" in report and "downsample factor [8, 16]" in report
     assert "## 2." not in report and raw["adherence"] is None
     assert (out.parent / "samples" / "quality-test-detail-comparison.png").stat().st_size > 0
@@ -62,7 +65,8 @@ def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path)
     prompts.write_text("a red circle moves right over a plain blue background\n")
     out = tmp_path / "docs" / "quality.md"
     other = tmp_path / "quality-grain.json"  # another world's detail table (--also)
-    other_rows = [{**record["detail"][1], "model": "flow matching only", "HD-MSE": 0.0123}]
+    other_rows = [{**record["detail"][1], "model": "flow matching only", "HD-MSE": 0.0123},
+                  {**record["detail"][1], "model": "shortcut (--model)", "HD-FD": 1.25}]  # a run that measured HD-FD
     other.write_text(json.dumps({**record, "detail": other_rows, "detail_settings": "Detail table: 3 clips of grain.",
                                  "sheets": {"detail sheet": ["grain.png"], "detail rows": ["truth, grain rows"]}}))
     (tmp_path / "docs" / "samples" / "grain.png").write_bytes(b"grain sheet")
@@ -72,7 +76,9 @@ def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path)
     section = report[report.index("## 4. Detail stage on other worlds"):]  # the last section, after the samples
     assert "## 3. README sample prompts" in report[: report.index("## 4.")]
     assert "### `quality-grain.json`" in section and "Detail table: 3 clips of grain." in section
-    assert "| flow matching only | 4 | 23.85 | 0.8345 | 0.0123 |" in section and "0.0123" not in report[: report.index("## 4.")]
+    assert "| flow matching only | 4 | 23.85 | 0.8345 | 0.0123 | - |" in section and "0.0123" not in report[: report.index("## 4.")]
+    assert "| shortcut (--model) | 4 | 23.85 | 0.8345 | 0.0258 | 1.25 |" in section
+    assert "| shortcut (shipped) | 4 | 23.85 | 0.8345 | 0.0258 | - |" in report  # table 1 from a run before HD-FD
     assert "rows are: truth, grain rows" in section and "(samples/grain.png)" in section
     raw = json.loads(out.with_suffix(".json").read_text())
     assert raw["detail"] == record["detail"]  # copied as they were, with how they were measured
