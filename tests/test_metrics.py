@@ -7,7 +7,9 @@ import torch
 
 from pixelwizard.decoding import to_uint8_frames
 from pixelwizard.metrics.attributes import analyse
-from pixelwizard.metrics.detail_distribution import FEATURES, detail_features, frechet_distance, hd_fd
+from pixelwizard.metrics.detail_distribution import (
+    BANDS, ENERGY_FLOOR, FEATURES, detail_features, frechet_distance, hd_fd,
+)
 from pixelwizard.metrics.fidelity import SSIM_K, hd_mse, psnr, ssim, temporal_flicker
 from pixelwizard.training.render import render_scene
 from pixelwizard.training.scenes import scene_for
@@ -80,6 +82,14 @@ def test_frechet_distance_follows_its_closed_forms():
     expected = float(torch.cov(a.T).trace() + a.mean(0).pow(2).sum())
     assert frechet_distance(a, 2 * a) == pytest.approx(expected)
     assert frechet_distance(2 * a, a) == pytest.approx(expected)
+    # Covariances that do not commute: tr (S_a S_b)^1/2 from the eigenvalues of the product itself.
+    b = a @ torch.tensor([[1.0, 0.8, 0.0], [0.0, 0.5, 0.3], [0.2, 0.0, 2.0]], dtype=torch.float64) + 0.3
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    cross = torch.linalg.eigvals(cov_a @ cov_b).real.sqrt().sum()
+    direct = (a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    assert frechet_distance(a, b) == pytest.approx(float(direct))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        frechet_distance(a[:1], a)
 
 
 def grain(seed: int, frames: int = 3, h: int = 64, w: int = 96) -> torch.Tensor:
@@ -105,6 +115,26 @@ def test_hd_fd_ranks_a_fresh_draw_of_random_detail_above_its_blurred_mean():
     assert hd_fd(draws, truth) < 0.05 * hd_fd(blurs, truth)
     louder = [(128 + 2 * (clip.float() - 128)).clamp(0, 255).to(torch.uint8) for clip in draws]  # too much detail
     assert hd_fd(louder, truth) > 20 * hd_fd(draws, truth)
+
+
+def test_each_band_holds_the_detail_of_its_own_scale():
+    """A checkerboard of s-px squares, v = 0.5 +- 0.5, has its energy in the band between s and 2s px."""
+
+    def checkerboard(square: int) -> torch.Tensor:
+        cells = (torch.arange(64).view(-1, 1) // square + torch.arange(96).view(1, -1) // square) % 2 * 255
+        return cells.to(torch.uint8).view(1, 64, 96, 1).expand(2, 64, 96, 3).contiguous()
+
+    # 1-px squares: every area average over 2 px or more is 0.5, so band 1 holds all 0.25 of the energy, exactly; the
+    # other bands and the change between the (equal) frames sit at the floor.
+    expected = torch.full((BANDS, 4), math.log(ENERGY_FLOOR), dtype=torch.float64)
+    expected[0, :3] = math.log(0.25 + ENERGY_FLOOR)
+    features = detail_features(checkerboard(1))
+    assert features.shape == (6, FEATURES)
+    assert torch.allclose(features, expected.flatten().expand(6, -1), atol=1e-9)
+    # 8-px squares: bilinear upsampling leaks some energy into the other bands at the squares' edges, but band 4
+    # (8-16 px) holds the most; nested residuals v - level_k would grow with k instead.
+    colour = detail_features(checkerboard(8)).view(6, BANDS, 4)[..., :3]
+    assert (colour.argmax(dim=1) == 3).all()
 
 
 def test_detail_features_are_one_row_per_patch_of_each_later_frame():

@@ -2,9 +2,9 @@
 
 SPEC.md 8's release ranks detail with HD-FVD, a Frechet distance of video-network features over
 patches. No video network can be loaded here, so HD-FD takes weight-free features instead: for each
-32x32 patch of each frame, the log energy of five band-pass layers (detail at 1-2, 2-4, ... 16-32 px,
-built with SPEC.md 8's downsample-upsample pair) per colour channel, and the log energy of each band's
-change from the previous frame. A render that blurs the detail and one that draws too much both move
+32x32 patch of each frame after the first, the log energy of five band-pass layers (detail at 1-2, 2-4,
+... 16-32 px, built with SPEC.md 8's downsample-upsample pair) per colour channel, and the log energy of
+each band's change in luma from the previous frame. A render that blurs the detail and one that draws too much both move
 these features away from the truth's, while an independent draw of the same random texture does not.
 That is what PSNR against one ground-truth clip cannot see: for detail that the anchor and caption do
 not fix, it rewards the blurred mean over a correct draw.
@@ -50,6 +50,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2), the last term equal to
     tr((S_a S_b)^1/2) and computed through symmetric eigendecompositions.
     """
+    if min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Frechet distance needs two sets of at least 2 rows of the same width >= 2, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.to(torch.float64), b.to(torch.float64)
     mean = (a.mean(0) - b.mean(0)).pow(2).sum()
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
