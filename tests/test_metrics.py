@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from pixelwizard.decoding import to_uint8_frames
 from pixelwizard.metrics.attributes import analyse
+from pixelwizard.metrics.clip_bootstrap import bootstrap_interval
 from pixelwizard.metrics.detail_distribution import (
     BANDS, ENERGY_FLOOR, FEATURES, detail_features, frechet_distance, hd_fd,
 )
@@ -143,3 +145,17 @@ def test_detail_features_are_one_row_per_patch_of_each_later_frame():
     assert torch.isfinite(detail_features(constant(90))).all()  # flat patches sit at the energy floor, not at -inf
     with pytest.raises(ValueError, match="at least 2 frames"):
         detail_features(constant(90, frames=1))
+
+
+def test_bootstrap_interval_of_a_mean_is_about_its_normal_interval():
+    values = np.arange(1.0, 11.0)  # mean 5.5; standard error of the mean sd / sqrt(10) = 0.908 (population sd)
+    low, high = bootstrap_interval(lambda clips: float(values[clips].mean()), len(values))
+    assert low == pytest.approx(5.5 - 1.645 * 0.908, abs=0.25) and high == pytest.approx(5.5 + 1.645 * 0.908, abs=0.25)
+    assert bootstrap_interval(lambda clips: 3.0, 5) == (3.0, 3.0)
+    # Paired: one index draw serves both sides, so a constant gap between two models has no spread at all.
+    other = values + 2.0
+    assert bootstrap_interval(lambda clips: float(other[clips].mean() - values[clips].mean()), 10) == pytest.approx((2, 2))
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        bootstrap_interval(lambda clips: 0.0, 1)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval(lambda clips: 0.0, 4, level=1.5)

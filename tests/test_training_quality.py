@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -36,6 +37,27 @@ def test_detail_only_table_on_the_random_cells_world(tmp_path):
     assert "samples/quality-test-detail-comparison.png" in report
 
 
+def test_shortcut_against_flow_matching_on_the_same_clips(tmp_path):
+    """Two clips, one step: the paired differences are those of the table's own rows, with resampled intervals."""
+    variants = tmp_path / "variants"
+    variants.mkdir()  # flow matching only: the bundle's own weights, called with dt = 0 as such a model is
+    shutil.copytree(default_model_path() / "detail_transformer", variants / "fm_only")
+    out = tmp_path / "docs" / "q.md"
+    main(["--variants", str(variants), "--out", str(out), "--clips", "2", "--steps", "1", "--release-factor",
+          "--detail-only"])
+    raw = json.loads(out.with_suffix(".json").read_text())
+    rows = {(r["model"], r["steps"]): r for r in raw["detail"]}
+    first, second = rows[("shortcut (shipped)", 1)], rows[("flow matching only", 1)]
+    [gap] = raw["differences"]
+    assert (gap["first"], gap["second"], gap["steps"]) == ("shortcut (shipped)", "flow matching only", 1)
+    assert gap["PSNR"] == pytest.approx(first["PSNR"] - second["PSNR"]) and gap["PSNR"] != 0  # dt 1 against dt 0
+    assert gap["HD-FD"] == pytest.approx(first["HD-FD"] - second["HD-FD"])
+    (p_low, p_high), (f_low, f_high) = gap["PSNR interval"], gap["HD-FD interval"]
+    assert p_low <= p_high and f_low <= f_high and (p_low, p_high) != (f_low, f_high)
+    assert (f"| 1 | {gap['PSNR']:+.2f} ({p_low:+.2f} to {p_high:+.2f}) | {gap['HD-FD']:+.3g} ({f_low:+.3g} to "
+            f"{f_high:+.3g}) |") in out.read_text()
+
+
 def test_a_missing_variants_folder_is_a_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pixelwizard.training.quality", "--variants", str(tmp_path / "none"),
                              "--out", str(tmp_path / "q.md")], capture_output=True, text=True)
@@ -67,7 +89,11 @@ def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path)
     other = tmp_path / "quality-grain.json"  # another world's detail table (--also)
     other_rows = [{**record["detail"][1], "model": "flow matching only", "HD-MSE": 0.0123},
                   {**record["detail"][1], "model": "shortcut (--model)", "HD-FD": 1.25}]  # a run that measured HD-FD
+    differences = [{"first": "shortcut (--model)", "second": "flow matching only", "steps": 4, "PSNR": -0.5,
+                    "PSNR interval": [-0.75, -0.25], "HD-FD": -1.5, "HD-FD interval": [-2.25, -0.5], "level": 0.9,
+                    "resamples": 1000}]
     other.write_text(json.dumps({**record, "detail": other_rows, "detail_settings": "Detail table: 3 clips of grain.",
+                                 "differences": differences,
                                  "sheets": {"detail sheet": ["grain.png"], "detail rows": ["truth, grain rows"]}}))
     (tmp_path / "docs" / "samples" / "grain.png").write_bytes(b"grain sheet")
     main(["--detail-from", str(earlier), "--out", str(out), "--prompts", "1", "--samples", str(prompts),
@@ -78,6 +104,9 @@ def test_table_1_copied_from_an_earlier_run_and_text_to_video_measured(tmp_path)
     assert "### `quality-grain.json`" in section and "Detail table: 3 clips of grain." in section
     assert "| flow matching only | 4 | 23.85 | 0.8345 | 0.0123 | - |" in section and "0.0123" not in report[: report.index("## 4.")]
     assert "| shortcut (--model) | 4 | 23.85 | 0.8345 | 0.0258 | 1.25 |" in section
+    assert "shortcut (--model) minus flow matching only on the same clips" in section  # the run's differences, kept
+    assert "central 90% of 1000 resamples" in section and "| 4 | -0.50 (-0.75 to -0.25) | -1.5 (-2.25 to -0.5) |" in section
+    assert "minus" not in report[: report.index("## 4.")]  # table 1's run had none
     assert "| shortcut (shipped) | 4 | 23.85 | 0.8345 | 0.0258 | - |" in report  # table 1 from a run before HD-FD
     assert "rows are: truth, grain rows" in section and "(samples/grain.png)" in section
     raw = json.loads(out.with_suffix(".json").read_text())

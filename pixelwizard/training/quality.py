@@ -2,7 +2,8 @@
 
 1. Detail stage from ground-truth anchors (SPEC.md 7's synthesis): each detail model variant x
    step count, PSNR / SSIM against the ground-truth clip, HD-MSE (SPEC.md 8), temporal flicker, and
-   HD-FD, the distance of the renders' fine-detail distribution from the ground truth's.
+   HD-FD, the distance of the renders' fine-detail distribution from the ground truth's; then the
+   shortcut model minus flow matching only on the same clips, with bootstrap intervals over the clips.
 2. The full two-stage pipeline from text alone: how often the rendered object has the prompted
    colour, shape and motion (pixelwizard.metrics.attributes).
 3. The README sample prompts: wall time on this machine and contact sheets (PNG).
@@ -32,6 +33,7 @@ import torch
 from pixelwizard.decoding import to_uint8_frames
 from pixelwizard.guidance import guided_velocity
 from pixelwizard.metrics.attributes import analyse
+from pixelwizard.metrics.clip_bootstrap import LEVEL, RESAMPLES, bootstrap_interval
 from pixelwizard.metrics.detail_distribution import detail_features, frechet_distance
 from pixelwizard.metrics.fidelity import hd_mse, psnr, ssim, temporal_flicker
 from pixelwizard.presets import Preset, get_preset
@@ -99,6 +101,7 @@ def ground_truth_anchor(pipe, video: torch.Tensor, preset: Preset, seed: int, re
 
 
 METRICS = ("PSNR", "SSIM", "HD-MSE", "flicker")  # per clip, averaged; HD-FD is one number per row (set-level)
+DIFFERENCE_KEYS = ("first", "second", "steps", "PSNR", "PSNR interval", "HD-FD", "HD-FD interval", "level", "resamples")
 
 
 def fidelity(frames: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -156,8 +159,40 @@ def detail_table(
         sheet.append(picks)
         log(f"detail: clip {i + 1}/{clips} done")
     truth_features = torch.cat(features[truth_key])
-    return {key: {**_mean(rows), "HD-FD": frechet_distance(torch.cat(features[key]), truth_features)}
-            for key, rows in results.items()}, sheet
+    table = {key: {**_mean(rows), "HD-FD": frechet_distance(torch.cat(features[key]), truth_features)}
+             for key, rows in results.items()}
+    return table, sheet, paired_differences(results, features, truth_key, variants[0].label, variants[1].label, steps)
+
+
+def paired_differences(
+    results: dict, features: dict, truth_key: tuple[str, str], first: str, second: str, steps: list[int],
+) -> list[dict]:
+    """``first`` minus ``second`` on the same clips, per step count both have: mean PSNR and HD-FD, each with the
+    central LEVEL interval of RESAMPLES paired resamples of the clips. Empty with fewer than 2 clips."""
+    truth = features[truth_key]
+    if len(truth) < 2:
+        return []
+    rows = []
+    for n in steps:
+        a, b = (first, n), (second, n)
+        if a not in results or b not in results:
+            continue
+        psnr_a, psnr_b = (np.array([clip["PSNR"] for clip in results[key]]) for key in (a, b))
+
+        def psnr_gap(clips: np.ndarray) -> float:
+            return float(psnr_a[clips].mean() - psnr_b[clips].mean())
+
+        def fd_gap(clips: np.ndarray) -> float:
+            reference = torch.cat([truth[i] for i in clips])
+            return (frechet_distance(torch.cat([features[a][i] for i in clips]), reference)
+                    - frechet_distance(torch.cat([features[b][i] for i in clips]), reference))
+
+        every = np.arange(len(truth))
+        rows.append({"first": first, "second": second, "steps": n,
+                     "PSNR": psnr_gap(every), "PSNR interval": bootstrap_interval(psnr_gap, len(truth)),
+                     "HD-FD": fd_gap(every), "HD-FD interval": bootstrap_interval(fd_gap, len(truth)),
+                     "level": LEVEL, "resamples": RESAMPLES})
+    return rows
 
 
 def adherence_table(
@@ -228,6 +263,7 @@ class EarlierTable:
     settings: str  # how it was measured (that run's settings note)
     command: str | None  # the command that measured it
     sheets: dict[str, list[str]]  # its contact sheet under samples/ and what the sheet's rows show
+    differences: list[dict]  # paired_differences' rows (none in runs before them)
 
 
 def earlier_detail_table(path: Path) -> EarlierTable:
@@ -240,8 +276,9 @@ def earlier_detail_table(path: Path) -> EarlierTable:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
                 raise TypeError(f"the metrics of row {row['model']!r} are not all numbers")
             rows[(row["model"], row["steps"])] = metrics
+        differences = [{key: row[key] for key in DIFFERENCE_KEYS} for row in raw.get("differences", [])]
         table = EarlierTable(rows, raw["detail_settings"], raw["detail_command"],
-                             {key: [str(raw["sheets"][key][0])] for key in ("detail sheet", "detail rows")})
+                             {key: [str(raw["sheets"][key][0])] for key in ("detail sheet", "detail rows")}, differences)
         if not isinstance(table.settings, str):
             raise TypeError("detail_settings is not a string")
     except FileNotFoundError:
@@ -257,14 +294,29 @@ def earlier_detail_table(path: Path) -> EarlierTable:
 
 def _table_rows(detail: dict) -> list[str]:
     """Markdown rows of a detail table, one per (model, steps)."""
-    def hd_fd(m: dict) -> str:
-        return f"{m['HD-FD']:.3g}" if "HD-FD" in m else "-"
+    def hd_fd(m: dict) -> str:  # the truth against itself is 0 up to rounding
+        return "-" if "HD-FD" not in m else "0" if abs(m["HD-FD"]) < 1e-6 else f"{m['HD-FD']:.3g}"
 
     return ["| model | steps | PSNR dB | SSIM | HD-MSE | HD-FD | flicker |",
             "| --- | --- | --- | --- | --- | --- | --- |"] + [
         f"| {label} | {steps} | {m['PSNR']:.2f} | {m['SSIM']:.4f} | {m['HD-MSE']:.3g} | {hd_fd(m)} | {m['flicker']:.3g} |"
         for (label, steps), m in detail.items()
     ]
+
+
+def _difference_lines(differences: list[dict]) -> list[str]:
+    """paired_differences' rows as a small table under the detail table."""
+    if not differences:
+        return []
+    first, second, level, resamples = (differences[0][k] for k in ("first", "second", "level", "resamples"))
+    lines = ["", f"{first} minus {second} on the same clips (PSNR above 0 and HD-FD below 0 favour {first}); in "
+             f"brackets the central {level:.0%} of {resamples} resamples of the clips, both models resampled alike:", "",
+             "| steps | PSNR dB | HD-FD |", "| --- | --- | --- |"]
+    for d in differences:
+        (p_low, p_high), (f_low, f_high) = d["PSNR interval"], d["HD-FD interval"]
+        lines.append(f"| {d['steps']} | {d['PSNR']:+.2f} ({p_low:+.2f} to {p_high:+.2f}) | "
+                     f"{d['HD-FD']:+.3g} ({f_low:+.3g} to {f_high:+.3g}) |")
+    return lines
 
 
 def _other_tables(others: dict[Path, EarlierTable], section: int) -> list[str]:
@@ -276,7 +328,7 @@ def _other_tables(others: dict[Path, EarlierTable], section: int) -> list[str]:
     for path, table in others.items():
         lines += [f"### `{path.name}`", "", table.settings, "",
                   *([f"Measured with `{table.command}`.", ""] if table.command else []),
-                  *_table_rows(table.rows), "",
+                  *_table_rows(table.rows), *_difference_lines(table.differences), "",
                   "Frames 0, 4, 8, 12, 16; per clip, rows are: " + table.sheets["detail rows"][0], "",
                   f"![{path.stem} detail stage comparison](samples/{table.sheets['detail sheet'][0]})", ""]
     return lines
@@ -285,6 +337,7 @@ def _other_tables(others: dict[Path, EarlierTable], section: int) -> list[str]:
 def write_report(
     out: Path, command: str, detail: dict, sheets: dict[str, list[str]], settings: dict,
     adherence: dict | None = None, samples=None, others: dict[Path, EarlierTable] | None = None,
+    differences: list[dict] = (),
 ) -> None:
     """docs/quality.md: table 1, then (unless ``adherence`` is None) the text-to-video table and the samples, then
     the ``others`` (``--also``) tables."""
@@ -310,6 +363,7 @@ def write_report(
         "blurring detail that the anchor and caption leave open. Flicker is the mean absolute second temporal difference.",
         "",
         *_table_rows(detail),
+        *_difference_lines(list(differences)),
     ]
     lines += ["", "Frames 0, 4, 8, 12, 16; per clip, rows are: " + sheets["detail rows"][0], "",
               f"![detail stage comparison](samples/{sheets['detail sheet'][0]})", ""]
@@ -435,13 +489,14 @@ def main(argv: list[str] | None = None) -> None:
     table_command, table_note = command, settings["note"]
     if copied is not None:  # table 1 and its contact sheet stay as the earlier run made them
         detail, sheets, table_command, table_note = copied.rows, copied.sheets, copied.command, copied.settings
+        differences = copied.differences
         settings["detail_source"] = (
             f"Copied from `{args.detail_from}` (`--detail-from`), an earlier run of this script on the same VAE, text "
             f"encoder and detail models (table 1 does not use the anchor model). Its settings: {table_note}"
             + (f" It was measured with `{table_command}`." if table_command else ""))
     else:
         variants = VARIANTS if args.model is None else (replace(VARIANTS[0], label="shortcut (--model)"), *VARIANTS[1:])
-        detail, sheet = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
+        detail, sheet, differences = detail_table(pipe, args.variants, preset, args.clips, steps, args.solver, log, args.data,
                                      args.release_factor, variants)
         sheet_dir.mkdir(parents=True, exist_ok=True)
         contact_sheet([clip for picks in sheet[:3] for clip in picks.values()]).save(sheet_dir / sheet_name)
@@ -454,10 +509,11 @@ def main(argv: list[str] | None = None) -> None:
         adherence, examples = adherence_table(pipe, preset, args.prompts, guidances, log)
         contact_sheet([frames for _, frames in examples]).save(sheet_dir / "heldout-text-to-video.png")
         sheets["held-out captions"] = [caption for caption, _ in examples]
-    write_report(args.out, command, detail, sheets, settings, adherence, samples, others)
+    write_report(args.out, command, detail, sheets, settings, adherence, samples, others, differences)
     raw = {"detail_command": table_command, "detail_settings": table_note,
            "sheets": {k: sheets[k] for k in ("detail sheet", "detail rows")},
            "detail": [{"model": label, "steps": n, **m} for (label, n), m in detail.items()],
+           "differences": differences,
            "adherence": adherence, "samples_seconds": samples[0] if samples else None, "settings": settings}
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {args.out}")
