@@ -161,14 +161,15 @@ def detail_table(
     truth_features = torch.cat(features[truth_key])
     table = {key: {**_mean(rows), "HD-FD": frechet_distance(torch.cat(features[key]), truth_features)}
              for key, rows in results.items()}
-    return table, sheet, paired_differences(results, features, truth_key, variants[0].label, variants[1].label, steps)
+    return table, sheet, paired_differences(table, results, features, truth_key, variants[0].label, variants[1].label,
+                                            steps)
 
 
 def paired_differences(
-    results: dict, features: dict, truth_key: tuple[str, str], first: str, second: str, steps: list[int],
+    table: dict, results: dict, features: dict, truth_key: tuple[str, str], first: str, second: str, steps: list[int],
 ) -> list[dict]:
-    """``first`` minus ``second`` on the same clips, per step count both have: mean PSNR and HD-FD, each with the
-    central LEVEL interval of RESAMPLES paired resamples of the clips. Empty with fewer than 2 clips."""
+    """``first`` minus ``second`` on the same clips, per step count both have: mean PSNR and HD-FD (from ``table``),
+    each with the central LEVEL interval of RESAMPLES paired resamples of the clips. Empty with fewer than 2 clips."""
     truth = features[truth_key]
     if len(truth) < 2:
         return []
@@ -187,10 +188,9 @@ def paired_differences(
             return (frechet_distance(torch.cat([features[a][i] for i in clips]), reference)
                     - frechet_distance(torch.cat([features[b][i] for i in clips]), reference))
 
-        every = np.arange(len(truth))
         rows.append({"first": first, "second": second, "steps": n,
-                     "PSNR": psnr_gap(every), "PSNR interval": bootstrap_interval(psnr_gap, len(truth)),
-                     "HD-FD": fd_gap(every), "HD-FD interval": bootstrap_interval(fd_gap, len(truth)),
+                     "PSNR": table[a]["PSNR"] - table[b]["PSNR"], "PSNR interval": bootstrap_interval(psnr_gap, len(truth)),
+                     "HD-FD": table[a]["HD-FD"] - table[b]["HD-FD"], "HD-FD interval": bootstrap_interval(fd_gap, len(truth)),
                      "level": LEVEL, "resamples": RESAMPLES})
     return rows
 
